@@ -1,0 +1,1 @@
+"""Streaming, verified, resumable download-and-extract of a model into a directory."""

@@ -1,0 +1,1 @@
+"""Kubernetes mutating admission webhook that injects the model fetcher into pods."""
