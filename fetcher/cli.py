@@ -1,0 +1,171 @@
+"""model-fetch: the command line of the fetcher, its exit codes and its signal handling."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from fetcher.errors import FetchError, UsageError
+from fetcher.fetch import FetchRequest, StopRequest, fetch
+from fetcher.formats import FORMAT_CHOICES, parse_format
+from fetcher.logs import configure
+from fetcher.origins import RetryPolicy
+from fetcher.progress import Progress
+from fetcher.units import parse_rate, parse_size
+from fetcher.urls import validate_url
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+EPILOG = """\
+exit codes: 0 success, 2 usage, 3 checksum mismatch, 4 unsafe or corrupt archive,
+5 source unreachable after all retries and mirrors, 6 out of disk, 1 anything else,
+128+N after signal N.
+
+sizes take K/M/G (decimal) and Ki/Mi/Gi (binary); a rate may end in /s.
+--auth-from env:NAME or file:PATH names where the Authorization header value is kept
+(e.g. "Bearer ..."); the value itself never appears in arguments or logs.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-fetch",
+        description="Download, verify and extract a model into DIR while it streams.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("url", metavar="URL", help="http(s) URL of the archive or file")
+    parser.add_argument("-o", "--output", metavar="DIR", required=True, type=Path)
+    parser.add_argument(
+        "--mirror", metavar="URL", action="append", default=[],
+        help="another URL serving the same bytes, tried in order after URL",
+    )  # fmt: skip
+    parser.add_argument("--sha256", metavar="HEX", help="digest of the bytes served")
+    parser.add_argument(
+        "--workdir", metavar="DIR", type=Path,
+        help="where state files live (default: a hidden folder in DIR, removed on success)",
+    )  # fmt: skip
+    parser.add_argument("--connections", metavar="N", type=int, default=4)
+    parser.add_argument("--chunk-size", metavar="SIZE", default="16MiB")
+    parser.add_argument("--max-bandwidth", metavar="RATE")
+    parser.add_argument("--max-disk-buffer", metavar="SIZE", default="1GiB")
+    parser.add_argument("--max-extracted-size", metavar="SIZE", default="1T")
+    parser.add_argument("--format", default="auto", metavar="|".join(FORMAT_CHOICES))
+    parser.add_argument("--retries", metavar="N", type=int, default=5, help="per origin")
+    parser.add_argument(
+        "--retry-wait", metavar="SECONDS", type=float, default=0.5,
+        help="first backoff; doubles per retry, with jitter, up to 30s",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=30.0,
+        help="give up on a read that returns nothing for this long",
+    )  # fmt: skip
+    parser.add_argument("--low-speed-limit", metavar="RATE", default="1K")
+    parser.add_argument(
+        "--low-speed-time", metavar="SECONDS", type=float, default=60.0,
+        help="a connection slower than --low-speed-limit for this long is retried",
+    )  # fmt: skip
+    parser.add_argument("--auth-from", metavar="env:NAME|file:PATH")
+    parser.add_argument("--ca-bundle", metavar="FILE", type=Path)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    return parser
+
+
+def read_authorization(spec: str) -> str:
+    kind, _, where = spec.partition(":")
+    if kind == "env":
+        value = os.environ.get(where)
+        if not value:
+            raise UsageError(
+                f"--auth-from env:{where}: the environment variable is not set",
+                f"add the key {where} to the credentials Secret",
+            )
+    elif kind == "file":
+        try:
+            value = Path(where).read_text().strip()
+        except OSError as error:
+            raise UsageError(f"--auth-from file:{where}: {error.strerror}") from None
+    else:
+        raise UsageError(f"--auth-from {spec!r}", "use env:NAME or file:PATH")
+    if "\n" in value or "\r" in value:
+        raise UsageError(f"--auth-from {kind}:{where}: the value spans several lines")
+    return value
+
+
+def request_from_args(args: argparse.Namespace) -> FetchRequest:
+    for url in (args.url, *args.mirror):
+        validate_url(url)
+    if args.sha256 is not None and not _HEX64.match(args.sha256):
+        raise UsageError("--sha256 must be 64 hexadecimal characters")
+    if args.connections < 1 or args.retries < 0:
+        raise UsageError("--connections must be at least 1 and --retries at least 0")
+    if args.ca_bundle and not args.ca_bundle.is_file():
+        raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+    compression, layout = parse_format(args.format)
+    parse_size(args.chunk_size, what="--chunk-size")
+    parse_size(args.max_disk_buffer, what="--max-disk-buffer")
+    return FetchRequest(
+        url=args.url,
+        mirrors=list(args.mirror),
+        output=args.output,
+        sha256=args.sha256.lower() if args.sha256 else None,
+        workdir=args.workdir,
+        compression=compression,
+        layout=layout,
+        max_bandwidth=(
+            parse_rate(args.max_bandwidth, what="--max-bandwidth") if args.max_bandwidth else None
+        ),
+        max_extracted=parse_size(args.max_extracted_size, what="--max-extracted-size"),
+        retry=RetryPolicy(
+            retries=args.retries,
+            base_wait=args.retry_wait,
+            read_timeout=args.timeout,
+            low_speed_limit=parse_rate(args.low_speed_limit, what="--low-speed-limit"),
+            low_speed_time=args.low_speed_time,
+        ),
+        authorization=read_authorization(args.auth_from) if args.auth_from else None,
+        ca_bundle=args.ca_bundle,
+    )
+
+
+def _install_signal_handlers(stop: StopRequest) -> None:
+    def handle(number: int, _frame: FrameType | None) -> None:
+        if stop.event.is_set():
+            os._exit(128 + number)  # a second signal: leave at once
+        stop.request(number, signal.Signals(number).name)
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = configure(args.log_format)
+    stop = StopRequest()
+    _install_signal_handlers(stop)
+    try:
+        request = request_from_args(args)
+        fetch(request, stop=stop, progress=Progress(bar=sys.stderr.isatty()))
+    except FetchError as error:
+        _report(log, error.line(), args.log_format)
+        return error.exit_code
+    return 0
+
+
+def _report(log: logging.Logger, line: str, log_format: str) -> None:
+    if log_format == "json":
+        log.error(line)
+    else:
+        # Several lines (one per origin tried) stay readable; the last one says what to do.
+        print(f"model-fetch: error: {line}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Decompressors with one shape: feed() pushes bounded chunks to emit(); finish() checks the end.
+
+Output is pushed in chunks of at most OUTPUT_CHUNK bytes as it is produced, so memory stays flat
+whatever the compression ratio (a zstd bomb of zeros decodes in constant memory). Each decoder
+knows whether it stands at a member/frame boundary, the points where a later run can restart it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import zlib
+from collections.abc import Callable
+from typing import IO, Protocol, cast
+
+import zstandard
+
+from fetcher.errors import CorruptArchive
+from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compression
+
+OUTPUT_CHUNK = 1 << 20
+
+Emit = Callable[[memoryview], None]
+Chunk = bytes | bytearray | memoryview
+
+
+class Decoder(Protocol):
+    def feed(self, data: Chunk) -> None: ...
+
+    def finish(self) -> None:
+        """Raise CorruptArchive if the input ended inside a frame or member."""
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when every byte fed so far belongs to complete frames or members."""
+
+
+class IdentityDecoder:
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+
+    def feed(self, data: Chunk) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), OUTPUT_CHUNK):
+            self._emit(view[start : start + OUTPUT_CHUNK])
+
+    def finish(self) -> None:
+        return None
+
+    @property
+    def at_boundary(self) -> bool:
+        return True
+
+
+class _ZstdFrameScanner:
+    """Walks zstd frame and block headers (RFC 8878) without decoding, to find frame ends.
+
+    The library's stream writer decodes across frames but cannot say where one ended, and the
+    end of the last frame is how a truncated stream is told apart from a complete one.
+    """
+
+    _MAGIC = 0xFD2FB528
+    _SKIPPABLE_MASK = 0xFFFFFFF0
+    _SKIPPABLE_MAGIC = 0x184D2A50
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # header bytes collected but not yet parsed
+        self._need = 4  # bytes wanted in _pending before the next parse step
+        self._skip = 0  # content bytes to pass over before the next header
+        self._step = self._frame_magic
+        self.frames = 0
+        self.in_frame = False
+        self._checksum_len = 0
+
+    def feed(self, data: Chunk) -> None:
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            if self._skip:
+                taken = min(self._skip, len(view) - pos)
+                self._skip -= taken
+                pos += taken
+                if not self._skip and self._step == self._frame_done:
+                    self._frame_done()
+                continue
+            wanted = self._need - len(self._pending)
+            piece = view[pos : pos + wanted]
+            self._pending += piece
+            pos += len(piece)
+            if len(self._pending) == self._need:
+                self._step()
+
+    def _take(self, need: int, step: Callable[[], None]) -> None:
+        self._pending.clear()
+        self._need = need
+        self._step = step
+
+    def _frame_magic(self) -> None:
+        magic = int.from_bytes(self._pending[:4], "little")
+        self.in_frame = True
+        if magic & self._SKIPPABLE_MASK == self._SKIPPABLE_MAGIC:
+            self._take(4, self._skippable_size)
+        elif magic == self._MAGIC:
+            self._take(1, self._frame_descriptor)
+        else:
+            raise CorruptArchive(
+                f"zstd stream: bad frame magic {magic:#010x} after {self.frames} frame(s)",
+                "the file is not zstd, or it is damaged",
+            )
+
+    def _skippable_size(self) -> None:
+        size = int.from_bytes(self._pending[:4], "little")
+        self._take(0, self._frame_done)
+        self._skip = size
+        if not size:
+            self._frame_done()
+
+    def _frame_descriptor(self) -> None:
+        descriptor = self._pending[0]
+        fcs_flag = descriptor >> 6
+        single_segment = (descriptor >> 5) & 1
+        dict_flag = descriptor & 3
+        self._checksum_len = 4 if (descriptor >> 2) & 1 else 0
+        fcs_len = (0 if not single_segment else 1, 2, 4, 8)[fcs_flag]
+        rest = (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag] + fcs_len
+        if rest:
+            self._take(rest, self._block_header_next)
+        else:
+            self._block_header_next()
+
+    def _block_header_next(self) -> None:
+        self._take(3, self._block_header)
+
+    def _block_header(self) -> None:
+        header = int.from_bytes(self._pending[:3], "little")
+        last = header & 1
+        block_type = (header >> 1) & 3
+        size = header >> 3
+        if block_type == 3:
+            raise CorruptArchive("zstd stream: reserved block type", "the file is damaged")
+        content = 1 if block_type == 1 else size
+        if last:
+            self._take(0, self._frame_done)
+            self._skip = content + self._checksum_len
+            if not self._skip:
+                self._frame_done()
+        else:
+            self._take(3, self._block_header)
+            self._skip = content
+
+    def _frame_done(self) -> None:
+        self.frames += 1
+        self.in_frame = False
+        self._take(4, self._frame_magic)
+
+
+class _EmitWriter:
+    """The file-like object the zstd stream writer pushes decoded chunks into."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+
+    def write(self, data: bytes) -> int:
+        self._emit(memoryview(data))
+        return len(data)
+
+
+class ZstdDecoder:
+    """Single- and multi-frame zstd, skippable frames included (pzstd writes them)."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._scanner = _ZstdFrameScanner()
+        self._writer = zstandard.ZstdDecompressor().stream_writer(
+            cast(IO[bytes], _EmitWriter(emit)), write_size=OUTPUT_CHUNK
+        )
+
+    def feed(self, data: Chunk) -> None:
+        self._scanner.feed(data)
+        try:
+            self._writer.write(data)
+        except zstandard.ZstdError as error:
+            raise CorruptArchive(
+                f"zstd stream is corrupt: {error}", "the file is damaged"
+            ) from None
+
+    def finish(self) -> None:
+        if self._scanner.in_frame or self._scanner.frames == 0:
+            raise CorruptArchive(
+                f"zstd stream ended inside frame {self._scanner.frames + 1}",
+                "the download was cut short or the file is damaged",
+            )
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self._scanner.in_frame
+
+
+class _MemberDecoder:
+    """Concatenated members (gzip), streams (xz) or streams (bzip2), one stdlib object each."""
+
+    name = ""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._current: _StdlibDecompressor | None = None
+        self.members = 0
+
+    def _new(self) -> _StdlibDecompressor:
+        raise NotImplementedError
+
+    def feed(self, data: Chunk) -> None:
+        buffer = bytes(data)
+        while buffer:
+            if self._current is None:
+                buffer = buffer.lstrip(b"\0")  # padding between members (tar blocks, xz)
+                if not buffer:
+                    return
+                self._current = self._new()
+            try:
+                buffer = self._drain(self._current, buffer)
+            except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:
+                raise CorruptArchive(
+                    f"{self.name} stream is corrupt in member {self.members + 1}: {error}",
+                    "the file is damaged",
+                ) from None
+            if self._current.eof:
+                self.members += 1
+                self._current = None
+
+    def _drain(self, decompressor: _StdlibDecompressor, data: bytes) -> bytes:
+        """Decode data in bounded pieces; return the bytes after the member end, if any."""
+        output = decompressor.decompress(data, OUTPUT_CHUNK)
+        while True:
+            if output:
+                self._emit(memoryview(output))
+            if decompressor.eof or decompressor.needs_input:
+                break
+            output = decompressor.decompress(b"", OUTPUT_CHUNK)
+        return decompressor.unused_data if decompressor.eof else b""
+
+    def finish(self) -> None:
+        if self._current is not None or self.members == 0:
+            raise CorruptArchive(
+                f"{self.name} stream ended inside member {self.members + 1}",
+                "the download was cut short or the file is damaged",
+            )
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._current is None
+
+
+class GzipDecoder(_MemberDecoder):
+    name = "gzip"
+
+    def _new(self) -> _StdlibDecompressor:
+        return _ZlibAdapter(zlib.decompressobj(wbits=16 + zlib.MAX_WBITS))
+
+
+class XzDecoder(_MemberDecoder):
+    name = "xz"
+
+    def _new(self) -> _StdlibDecompressor:
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+
+class Bzip2Decoder(_MemberDecoder):
+    name = "bzip2"
+
+    def _new(self) -> _StdlibDecompressor:
+        return bz2.BZ2Decompressor()
+
+
+class _StdlibDecompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    @property
+    def needs_input(self) -> bool: ...
+
+    def decompress(self, data: bytes, max_length: int = ..., /) -> bytes: ...
+
+
+class _ZlibAdapter:
+    """zlib's decompressobj in the shape of lzma's and bz2's (needs_input, max_length)."""
+
+    def __init__(self, inner: zlib._Decompress) -> None:
+        self._inner = inner
+        self.needs_input = True
+
+    @property
+    def eof(self) -> bool:
+        return self._inner.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._inner.unused_data
+
+    def decompress(self, data: bytes, max_length: int = 0, /) -> bytes:
+        output = self._inner.decompress(self._inner.unconsumed_tail + data, max_length)
+        self.needs_input = not self._inner.unconsumed_tail and len(output) < max_length
+        return output
+
+
+_DECODERS: dict[Compression, Callable[[Emit], Decoder]] = {
+    Compression.NONE: IdentityDecoder,
+    Compression.ZSTD: ZstdDecoder,
+    Compression.GZIP: GzipDecoder,
+    Compression.XZ: XzDecoder,
+    Compression.BZIP2: Bzip2Decoder,
+}
+
+
+def make_decoder(compression: Compression, emit: Emit) -> Decoder:
+    return _DECODERS[compression](emit)
+
+
+class AutoDecoder:
+    """Picks the decoder from --format or, for auto, from the stream's first bytes."""
+
+    def __init__(
+        self, compression: Compression | None, on_detect: Callable[[Compression], Emit]
+    ) -> None:
+        self._compression = compression
+        self._on_detect = on_detect
+        self._head = bytearray()
+        self._inner: Decoder | None = None
+
+    def feed(self, data: Chunk) -> None:
+        if self._inner is None:
+            self._head += data
+            if self._compression is None and len(self._head) < SNIFF_COMPRESSION_BYTES:
+                return
+            data = self._start()
+        assert self._inner is not None
+        self._inner.feed(data)
+
+    def _start(self) -> bytes:
+        compression = self._compression or detect_compression(bytes(self._head))
+        self._inner = make_decoder(compression, self._on_detect(compression))
+        head = bytes(self._head)
+        self._head.clear()
+        return head
+
+    def finish(self) -> None:
+        if self._inner is None:
+            head = self._start()  # a stream shorter than any magic number
+            assert self._inner is not None
+            self._inner.feed(head)
+        self._inner.finish()
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._inner is None or self._inner.at_boundary

@@ -1,0 +1,99 @@
+"""Which decoder and which writer a byte stream needs, from --format or its magic bytes."""
+
+from __future__ import annotations
+
+import enum
+import tarfile
+
+from fetcher.errors import UsageError
+
+
+class Compression(enum.Enum):
+    NONE = "none"
+    ZSTD = "zst"
+    GZIP = "gz"
+    XZ = "xz"
+    BZIP2 = "bz2"
+
+
+class Layout(enum.Enum):
+    """What the decompressed bytes are: a tar archive, a single file, or not known yet."""
+
+    TAR = "tar"
+    FILE = "file"
+    DETECT = "detect"
+
+
+FORMAT_CHOICES = (
+    "auto",
+    "tar",
+    "tar.zst",
+    "tar.gz",
+    "tar.xz",
+    "tar.bz2",
+    "zst",
+    "gz",
+    "xz",
+    "bz2",
+    "none",
+)
+
+# Enough leading bytes to recognise every compression's magic number.
+SNIFF_COMPRESSION_BYTES = 6
+# A tar header block carries "ustar" at offset 257; the whole block holds its checksum.
+SNIFF_TAR_BYTES = 512
+
+_MAGIC = (
+    (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+    (b"\x1f\x8b", Compression.GZIP),
+    (b"\xfd7zXZ\x00", Compression.XZ),
+    (b"BZh", Compression.BZIP2),
+)
+SUFFIXES = {
+    Compression.ZSTD: (".zst", ".zstd"),
+    Compression.GZIP: (".gz", ".gzip"),
+    Compression.XZ: (".xz",),
+    Compression.BZIP2: (".bz2",),
+    Compression.NONE: (),
+}
+
+
+def parse_format(text: str) -> tuple[Compression | None, Layout]:
+    """(compression, layout) for a --format value; None compression means detect by magic."""
+    if text not in FORMAT_CHOICES:
+        raise UsageError(f"--format {text!r} is unknown", f"use one of {', '.join(FORMAT_CHOICES)}")
+    if text == "auto":
+        return None, Layout.DETECT
+    if text == "none":
+        return Compression.NONE, Layout.FILE
+    if text == "tar":
+        return Compression.NONE, Layout.TAR
+    if text.startswith("tar."):
+        return Compression(text.removeprefix("tar.")), Layout.TAR
+    return Compression(text), Layout.DETECT
+
+
+def detect_compression(head: bytes) -> Compression:
+    for magic, compression in _MAGIC:
+        if head.startswith(magic):
+            return compression
+    return Compression.NONE
+
+
+def looks_like_tar(block: bytes) -> bool:
+    """True when the first 512 decoded bytes are a valid tar header (ustar, gnu or v7)."""
+    if len(block) < SNIFF_TAR_BYTES:
+        return False
+    try:
+        tarfile.TarInfo.frombuf(block[:SNIFF_TAR_BYTES], "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+def strip_suffix(name: str, compression: Compression) -> str:
+    """model.bin.zst -> model.bin: a compressed single file is stored decompressed."""
+    for suffix in SUFFIXES[compression]:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name

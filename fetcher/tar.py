@@ -1,0 +1,192 @@
+"""A push-driven tar reader: bytes in any chunking, members out to a SafeTree.
+
+The standard library's tarfile pulls from a file object and cannot report or restore its
+position mid-member; this reader is a small state machine over 512-byte blocks that can. Header
+blocks are decoded by tarfile.TarInfo.frombuf (checksums, base-256 numbers, ustar prefixes);
+PAX and GNU long-name records are handled here. Only regular files, directories, symlinks and
+hard links are extracted; everything else is refused.
+"""
+
+from __future__ import annotations
+
+import tarfile
+
+from fetcher.errors import CorruptArchive, UnsafeArchive
+from fetcher.tree import SafeTree
+
+BLOCK = 512
+_MAX_EXTENDED_HEADER = 1 << 20
+_ENCODING = "utf-8"
+_ERRORS = "surrogateescape"
+
+_FILE_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE}
+_REFUSED_TYPES = {
+    tarfile.CHRTYPE: "character devices are not allowed",
+    tarfile.BLKTYPE: "block devices are not allowed",
+    tarfile.FIFOTYPE: "FIFOs are not allowed",
+    tarfile.GNUTYPE_SPARSE: "GNU sparse files are not supported",
+}
+
+
+class TarReader:
+    def __init__(self, tree: SafeTree) -> None:
+        self._tree = tree
+        self._header = bytearray()
+        self._remaining = 0  # content bytes left in the current member
+        self._padding = 0  # zero bytes after the content, up to the next block
+        self._collecting: bytes | None = None  # type of an extended header being collected
+        self._extended = bytearray()
+        self._overrides: dict[str, str] = {}  # from PAX 'x' and GNU 'L'/'K' for the next member
+        self._globals: dict[str, str] = {}  # from PAX 'g'
+        self._in_file = False
+        self._mtime: float | None = None
+        self.ended = False
+        self.members = 0
+
+    def write(self, data: memoryview) -> None:
+        pos = 0
+        size = len(data)
+        while pos < size:
+            if self.ended:
+                return  # whatever follows the end-of-archive blocks is padding
+            if self._remaining:
+                taken = min(self._remaining, size - pos)
+                self._content(data[pos : pos + taken])
+                self._remaining -= taken
+                pos += taken
+                if not self._remaining:
+                    self._member_done()
+            elif self._padding:
+                taken = min(self._padding, size - pos)
+                self._padding -= taken
+                pos += taken
+            else:
+                taken = min(BLOCK - len(self._header), size - pos)
+                self._header += data[pos : pos + taken]
+                pos += taken
+                if len(self._header) == BLOCK:
+                    block = bytes(self._header)
+                    self._header.clear()
+                    self._on_header(block)
+
+    def close(self) -> None:
+        if self._remaining or self._header or self._collecting is not None:
+            name = self._overrides.get("path", "") or "a header"
+            raise CorruptArchive(
+                f"tar stream ended inside {name!r}",
+                "the download was cut short or the archive is damaged",
+            )
+
+    @property
+    def at_member_boundary(self) -> bool:
+        return not (self._remaining or self._padding or self._header) and self._collecting is None
+
+    # --- headers ---------------------------------------------------------------------------
+
+    def _on_header(self, block: bytes) -> None:
+        if block == bytes(BLOCK):
+            self.ended = True  # a zero block ends the archive, as for tar without --ignore-zeros
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(block, _ENCODING, _ERRORS)
+        except tarfile.HeaderError as error:
+            raise CorruptArchive(
+                f"bad tar header after {self.members} member(s): {error}",
+                "the archive is damaged, or --format names the wrong type",
+            ) from None
+        kind = info.type
+        if kind in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.XGLTYPE,
+                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):  # fmt: skip
+            if info.size > _MAX_EXTENDED_HEADER:
+                raise CorruptArchive(f"tar extended header of {info.size} bytes is too large")
+            self._collecting = kind
+            self._extended.clear()
+            self._start_content(info.size)
+            return
+        self._start_member(info)
+
+    def _start_member(self, info: tarfile.TarInfo) -> None:
+        fields = {**self._globals, **self._overrides}
+        self._overrides = {}
+        name = fields.get("path", info.name)
+        linkname = fields.get("linkpath", info.linkname)
+        size = int(fields["size"]) if "size" in fields else info.size
+        mtime = float(fields["mtime"]) if "mtime" in fields else float(info.mtime)
+        if any(key.startswith("GNU.sparse") for key in fields):
+            raise UnsafeArchive(name, "GNU sparse files are not supported")
+        self.members += 1
+        kind = info.type
+        if kind in _FILE_TYPES:
+            self._tree.begin_file(name, info.mode, size)
+            self._in_file = True
+            self._mtime = mtime
+            self._start_content(size)
+            return
+        if kind in _REFUSED_TYPES:
+            raise UnsafeArchive(name, _REFUSED_TYPES[kind])
+        if kind == tarfile.DIRTYPE:
+            self._tree.make_dir(name.rstrip("/") or name, info.mode, mtime)
+        elif kind == tarfile.SYMTYPE:
+            self._tree.make_symlink(name, linkname)
+        elif kind == tarfile.LNKTYPE:
+            self._tree.make_hardlink(name, linkname)
+        else:
+            raise UnsafeArchive(name, f"tar member type {kind!r} is not supported")
+        self._start_content(size if kind != tarfile.DIRTYPE else 0)
+
+    def _start_content(self, size: int) -> None:
+        self._remaining = size
+        self._padding = -size % BLOCK
+        if not size:
+            self._member_done()
+
+    # --- content ---------------------------------------------------------------------------
+
+    def _content(self, piece: memoryview) -> None:
+        if self._in_file:
+            self._tree.write(piece)
+        elif self._collecting is not None:
+            self._extended += piece
+        # content of links and directories (never seen in practice) is skipped
+
+    def _member_done(self) -> None:
+        if self._in_file:
+            self._tree.end_file(self._mtime)
+            self._in_file = False
+        elif self._collecting is not None:
+            kind, self._collecting = self._collecting, None
+            self._apply_extended(kind, bytes(self._extended))
+
+    def _apply_extended(self, kind: bytes, payload: bytes) -> None:
+        if kind == tarfile.GNUTYPE_LONGNAME:
+            self._overrides["path"] = _c_string(payload)
+        elif kind == tarfile.GNUTYPE_LONGLINK:
+            self._overrides["linkpath"] = _c_string(payload)
+        else:
+            records = _pax_records(payload)
+            (self._globals if kind == tarfile.XGLTYPE else self._overrides).update(records)
+
+
+def _c_string(payload: bytes) -> str:
+    return payload.split(b"\0", 1)[0].decode(_ENCODING, _ERRORS)
+
+
+def _pax_records(payload: bytes) -> dict[str, str]:
+    """Parse 'LENGTH KEY=VALUE\\n' records (POSIX pax extended header)."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(payload):
+        if payload[pos] == 0:
+            break
+        space = payload.find(b" ", pos)
+        try:
+            length = int(payload[pos:space])
+        except ValueError:
+            raise CorruptArchive("malformed pax extended header record") from None
+        record = payload[space + 1 : pos + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise CorruptArchive("malformed pax extended header record")
+        key, value = record[:-1].split(b"=", 1)
+        records[key.decode(_ENCODING, _ERRORS)] = value.decode(_ENCODING, _ERRORS)
+        pos += length
+    return records

@@ -1,0 +1,254 @@
+"""Writes archive members under a root directory and nowhere else.
+
+Every path is walked one component at a time with directory file descriptors and O_NOFOLLOW, so
+a symlink planted by an earlier member (or by anyone else) can never redirect a write. Link
+targets are checked before the link exists, so nothing the archive creates points outside.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+from fetcher.errors import FetchError, OutOfDisk, UnsafeArchive
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_PERMISSION_BITS = 0o777  # setuid, setgid and sticky bits are never restored
+
+
+def member_parts(name: str, *, allow_root: bool = False) -> tuple[str, ...]:
+    """The components of an archive member path, or UnsafeArchive if it could leave the root."""
+    if "\0" in name:
+        raise UnsafeArchive(name, "the name contains a NUL byte")
+    if name.startswith("/"):
+        raise UnsafeArchive(name, "absolute paths are not allowed")
+    parts = tuple(part for part in PurePosixPath(name).parts if part != ".")
+    if ".." in parts:
+        raise UnsafeArchive(name, "'..' components are not allowed")
+    if not parts and not allow_root:
+        raise UnsafeArchive(name, "the name is empty")
+    return parts
+
+
+def check_symlink_target(member: str, target: str) -> None:
+    """Allow only relative targets whose '..' steps come first and stay within the root.
+
+    A '..' after an ordinary component could climb out through a symlink that resolves to the
+    root itself (``up -> ..`` then ``esc -> up/..``), which a purely lexical check would miss.
+    """
+    if not target or "\0" in target:
+        raise UnsafeArchive(member, "the symlink target is empty or contains NUL")
+    if target.startswith("/"):
+        raise UnsafeArchive(member, f"the symlink points to the absolute path {target!r}")
+    depth = len(member_parts(member)) - 1
+    climbing = True
+    for part in PurePosixPath(target).parts:
+        if part == "..":
+            if not climbing:
+                raise UnsafeArchive(member, f"the symlink target {target!r} has '..' after a name")
+            depth -= 1
+            if depth < 0:
+                raise UnsafeArchive(member, f"the symlink target {target!r} leaves the directory")
+        elif part != ".":
+            climbing = False
+
+
+class SafeTree:
+    def __init__(self, root: Path, *, max_bytes: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self._root_fd = os.open(root, _DIR_FLAGS)
+        self._max_bytes = max_bytes
+        self.bytes_written = 0
+        self.files_written = 0
+        self._regular_files: set[tuple[str, ...]] = set()
+        self._dir_modes: dict[tuple[str, ...], tuple[int, float | None]] = {}
+        self._parent_cache: tuple[tuple[str, ...], int] | None = None
+        self._file_fd: int | None = None
+        self._file_member = ""
+
+    # --- paths ---------------------------------------------------------------------------
+
+    def _open_parent(self, member: str, parts: tuple[str, ...]) -> int:
+        """A descriptor of the member's parent directory, creating directories as needed."""
+        parent = parts[:-1]
+        if self._parent_cache and self._parent_cache[0] == parent:
+            return self._parent_cache[1]
+        fd = os.dup(self._root_fd)
+        try:
+            for part in parent:
+                fd = self._enter(member, fd, part)
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._parent_cache:
+            os.close(self._parent_cache[1])
+        self._parent_cache = (parent, fd)
+        return fd
+
+    def _enter(self, member: str, dir_fd: int, part: str) -> int:
+        try:
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                os.mkdir(part, 0o700, dir_fd=dir_fd)
+                child = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeArchive(
+                    member, f"{part!r} on its path is a symlink or not a directory"
+                ) from None
+            raise _translate(error, member) from None
+        finally:
+            os.close(dir_fd)
+        return child
+
+    def _clear(self, member: str, dir_fd: int, name: str, *, keep_dir: bool = False) -> bool:
+        """Remove a non-directory entry at name (later members win); True if a dir is there."""
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(info.st_mode):
+            if keep_dir:
+                return True
+            raise UnsafeArchive(member, "it would replace a directory")
+        os.unlink(name, dir_fd=dir_fd)
+        return False
+
+    # --- members -------------------------------------------------------------------------
+
+    def check_cap(self, more: int, member: str = "") -> None:
+        if self.bytes_written + more > self._max_bytes:
+            raise UnsafeArchive(
+                member or self._file_member,
+                f"extracting it would exceed the cap of {self._max_bytes} bytes "
+                "(--max-extracted-size)",
+            )
+
+    def begin_file(self, member: str, mode: int, size: int) -> None:
+        parts = member_parts(member)
+        self.check_cap(size, member)
+        parent_fd = self._open_parent(member, parts)
+        try:
+            self._clear(member, parent_fd, parts[-1])
+            self._file_fd = os.open(parts[-1], _NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
+        except OSError as error:
+            raise _translate(error, member) from None
+        self._file_member = member
+        self._file_mode = mode & _PERMISSION_BITS
+        self._file_parts = parts
+
+    def write(self, data: memoryview) -> None:
+        assert self._file_fd is not None
+        try:
+            while data:
+                written = os.write(self._file_fd, data)
+                data = data[written:]
+                self.bytes_written += written
+        except OSError as error:
+            raise _translate(error, self._file_member) from None
+
+    def end_file(self, mtime: float | None) -> None:
+        assert self._file_fd is not None
+        try:
+            os.fchmod(self._file_fd, self._file_mode)
+            if mtime is not None:
+                os.utime(self._file_fd, (mtime, mtime))
+        finally:
+            os.close(self._file_fd)
+            self._file_fd = None
+        self.files_written += 1
+        self._regular_files.add(self._file_parts)
+
+    def make_dir(self, member: str, mode: int, mtime: float | None) -> None:
+        parts = member_parts(member, allow_root=True)
+        if not parts:
+            return  # "./" names the output directory itself, whose mode is not the archive's
+        parent_fd = self._open_parent(member, parts)
+        try:
+            if not self._clear(member, parent_fd, parts[-1], keep_dir=True):
+                os.mkdir(parts[-1], 0o700, dir_fd=parent_fd)
+        except OSError as error:
+            raise _translate(error, member) from None
+        # Modes are applied last, so a read-only directory can still receive its members.
+        self._dir_modes[parts] = (mode & _PERMISSION_BITS, mtime)
+
+    def make_symlink(self, member: str, target: str) -> None:
+        parts = member_parts(member)
+        check_symlink_target(member, target)
+        parent_fd = self._open_parent(member, parts)
+        try:
+            self._clear(member, parent_fd, parts[-1])
+            os.symlink(target, parts[-1], dir_fd=parent_fd)
+        except OSError as error:
+            raise _translate(error, member) from None
+        self.files_written += 1
+
+    def make_hardlink(self, member: str, target: str) -> None:
+        parts = member_parts(member)
+        target_parts = member_parts(target)
+        if target_parts not in self._regular_files:
+            raise UnsafeArchive(
+                member, f"the hard link target {target!r} is not a regular file extracted earlier"
+            )
+        target_fd = os.dup(self._open_parent(target, target_parts))
+        try:
+            parent_fd = self._open_parent(member, parts)
+            self._clear(member, parent_fd, parts[-1])
+            os.link(
+                target_parts[-1],
+                parts[-1],
+                src_dir_fd=target_fd,
+                dst_dir_fd=parent_fd,
+                follow_symlinks=False,
+            )
+        except OSError as error:
+            raise _translate(error, member) from None
+        finally:
+            os.close(target_fd)
+        self._regular_files.add(parts)
+        self.files_written += 1
+
+    # --- end -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Apply directory modes deepest first, then release every descriptor."""
+        try:
+            for parts in sorted(self._dir_modes, key=len, reverse=True):
+                mode, mtime = self._dir_modes[parts]
+                fd = os.dup(self._root_fd)
+                for part in parts:
+                    fd = self._enter("/".join(parts), fd, part)
+                try:
+                    # The owner keeps rwx so a later run can replace or remove the tree.
+                    os.fchmod(fd, mode | stat.S_IRWXU)
+                    if mtime is not None:
+                        os.utime(fd, (mtime, mtime))
+                finally:
+                    os.close(fd)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self._file_fd is not None:
+            os.close(self._file_fd)
+            self._file_fd = None
+        if self._parent_cache:
+            os.close(self._parent_cache[1])
+            self._parent_cache = None
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+
+def _translate(error: OSError, member: str) -> FetchError:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfDisk(
+            f"out of disk space while writing {member!r}",
+            "raise the volume's size-limit or the PVC size (extracted size plus the buffer)",
+        )
+    return FetchError(f"cannot write {member!r}: {error.strerror}")
