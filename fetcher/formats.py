@@ -74,6 +74,8 @@ def parse_format(text: str) -> tuple[Compression | None, Layout]:
 
 
 def detect_compression(head: bytes) -> Compression:
+    if len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+        return Compression.ZSTD  # a zstd skippable frame, as pzstd writes first
     for magic, compression in _MAGIC:
         if head.startswith(magic):
             return compression

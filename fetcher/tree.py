@@ -78,18 +78,15 @@ class SafeTree:
         if self._parent_cache and self._parent_cache[0] == parent:
             return self._parent_cache[1]
         fd = os.dup(self._root_fd)
-        try:
-            for part in parent:
-                fd = self._enter(member, fd, part)
-        except BaseException:
-            os.close(fd)
-            raise
+        for part in parent:
+            fd = self._enter(member, fd, part)
         if self._parent_cache:
             os.close(self._parent_cache[1])
         self._parent_cache = (parent, fd)
         return fd
 
     def _enter(self, member: str, dir_fd: int, part: str) -> int:
+        """Open (creating if missing) the directory part inside dir_fd; always closes dir_fd."""
         try:
             try:
                 child = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)

@@ -1,0 +1,199 @@
+"""Each refusal of the safe extractor, and proof that nothing lands outside the output root.
+
+Every archive is extracted into <jail>/root; the jail also holds a sentinel file and a
+directory that an escaping member would target. After each refusal the jail must hold exactly
+what it held before, apart from the root itself.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fetcher.errors import UnsafeArchive
+from fetcher.formats import Layout
+from fetcher.pipeline import Pass
+
+Member = tuple[tarfile.TarInfo, bytes]
+
+
+def _file(name: str, data: bytes = b"x", mode: int = 0o644) -> Member:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    return info, data
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, b""
+
+
+def _special(name: str, kind: bytes) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info, b""
+
+
+def _dir(name: str) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return info, b""
+
+
+def build_tar(*members: Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
+        for info, data in members:
+            archive.addfile(info, io.BytesIO(data) if data else None)
+    return buffer.getvalue()
+
+
+def extract(data: bytes, root: Path, *, step: int = 4096, cap: int = 10**9) -> Pass:
+    run = Pass(root, compression=None, layout=Layout.DETECT, file_name="x", max_extracted=cap)
+    for start in range(0, len(data), step):
+        run.feed(data[start : start + step])
+    run.finish()
+    return run
+
+
+def _listing(jail: Path) -> dict[str, bytes | str]:
+    seen: dict[str, bytes | str] = {}
+    for path in sorted(jail.rglob("*")):
+        relative = str(path.relative_to(jail))
+        if relative == "root" or relative.startswith("root/"):
+            continue
+        if path.is_symlink():
+            seen[relative] = "-> " + os.readlink(path)
+        elif path.is_file():
+            seen[relative] = path.read_bytes()
+        else:
+            seen[relative] = "dir"
+    return seen
+
+
+@pytest.fixture
+def jail(tmp_path: Path) -> Path:
+    (tmp_path / "sentinel").write_bytes(b"untouched")
+    (tmp_path / "target").mkdir()
+    return tmp_path
+
+
+CASES: dict[str, tuple[Callable[[], bytes], str]] = {
+    "absolute path": (lambda: build_tar(_file("/tmp/evil")), "absolute"),
+    "dot-dot at the start": (lambda: build_tar(_file("../sentinel", b"owned")), "'..'"),
+    "dot-dot in the middle": (lambda: build_tar(_file("a/../../sentinel", b"owned")), "'..'"),
+    "dot-dot in a GNU long name": (
+        lambda: build_tar(_file("../" + "d" * 120 + "/x"), fmt=tarfile.GNU_FORMAT),
+        "'..'",
+    ),
+    "dot-dot in a PAX path": (
+        lambda: build_tar(_file("../" + "p" * 120 + "/x"), fmt=tarfile.PAX_FORMAT),
+        "'..'",
+    ),
+    "symlink to an absolute path": (lambda: build_tar(_link("etc", "/etc")), "absolute"),
+    "symlink climbing out": (lambda: build_tar(_link("out", "../target")), "leaves"),
+    "symlink climbing out from a subdirectory": (
+        lambda: build_tar(_dir("a"), _link("a/out", "../../target")),
+        "leaves",
+    ),
+    "symlink chain through a link to the root": (
+        lambda: build_tar(_dir("d"), _link("d/up", ".."), _link("d/esc", "up/../target")),
+        "after a name",
+    ),
+    "write through a symlink to a directory": (
+        lambda: build_tar(_dir("real"), _link("alias", "real"), _file("alias/file")),
+        "symlink",
+    ),
+    "write through a symlink replacing a directory later": (
+        lambda: build_tar(_link("alias", "."), _file("alias/sentinel", b"owned")),
+        "symlink",
+    ),
+    "hard link to an absolute path": (
+        lambda: build_tar(_link("h", "/etc/passwd", tarfile.LNKTYPE)),
+        "absolute",
+    ),
+    "hard link climbing out": (
+        lambda: build_tar(_link("h", "../sentinel", tarfile.LNKTYPE)),
+        "'..'",
+    ),
+    "hard link to a symlink": (
+        lambda: build_tar(_link("s", "x"), _link("h", "s", tarfile.LNKTYPE)),
+        "not a regular file",
+    ),
+    "hard link to a file that is not in the archive": (
+        lambda: build_tar(_link("h", "missing", tarfile.LNKTYPE)),
+        "not a regular file",
+    ),
+    "character device": (lambda: build_tar(_special("tty", tarfile.CHRTYPE)), "device"),
+    "block device": (lambda: build_tar(_special("sda", tarfile.BLKTYPE)), "device"),
+    "FIFO": (lambda: build_tar(_special("pipe", tarfile.FIFOTYPE)), "FIFO"),
+    "a file replacing a directory": (
+        lambda: build_tar(_dir("model"), _file("model/w"), _file("model")),
+        "replace a directory",
+    ),
+    "more bytes than the cap": (
+        lambda: build_tar(_file("a", b"1" * 600), _file("b", b"2" * 600)),
+        "cap",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("step", [512, 1 << 20])
+def test_refusals_name_the_member_and_nothing_escapes(jail: Path, case: str, step: int) -> None:
+    make_archive, reason = CASES[case]
+    before = _listing(jail)
+    with pytest.raises(UnsafeArchive) as caught:
+        extract(make_archive(), jail / "root", step=step, cap=1000)
+    assert reason in caught.value.line()
+    assert caught.value.exit_code == 4
+    assert caught.value.member
+    assert _listing(jail) == before
+    assert (jail / "sentinel").read_bytes() == b"untouched"
+
+
+def test_setuid_setgid_and_sticky_bits_are_stripped(tmp_path: Path) -> None:
+    extract(build_tar(_dir("d"), _file("d/tool", b"#!", mode=0o7755)), tmp_path / "root")
+    mode = (tmp_path / "root/d/tool").stat().st_mode
+    assert stat.S_IMODE(mode) == 0o755
+
+
+def test_allowed_links_are_created_inside(tmp_path: Path) -> None:
+    archive = build_tar(
+        _dir("weights"),
+        _file("weights/shard-0", b"zero"),
+        _link("weights/latest", "shard-0"),
+        _link("top", "weights/shard-0"),
+        _dir("nested"),
+        _dir("nested/deeper"),
+        _link("nested/deeper/up", "../../weights/shard-0"),
+        _link("hard", "weights/shard-0", tarfile.LNKTYPE),
+    )
+    root = tmp_path / "root"
+    extract(archive, root)
+    assert (root / "weights/latest").read_bytes() == b"zero"
+    assert os.readlink(root / "top") == "weights/shard-0"
+    assert (root / "nested/deeper/up").read_bytes() == b"zero"
+    assert (root / "hard").stat().st_ino == (root / "weights/shard-0").stat().st_ino
+
+
+def test_later_members_replace_earlier_files_and_links(tmp_path: Path) -> None:
+    archive = build_tar(_file("config", b"old"), _link("config", "other"), _file("config", b"new"))
+    extract(archive, tmp_path / "root")
+    assert (tmp_path / "root/config").read_bytes() == b"new"
+    assert not (tmp_path / "root/config").is_symlink()
+
+
+def test_read_only_directories_still_receive_their_members(tmp_path: Path) -> None:
+    frozen = _dir("frozen")
+    frozen[0].mode = 0o555
+    extract(build_tar(frozen, _file("frozen/inside", b"ok")), tmp_path / "root")
+    assert (tmp_path / "root/frozen/inside").read_bytes() == b"ok"
+    assert stat.S_IMODE((tmp_path / "root/frozen").stat().st_mode) == 0o755  # owner keeps rwx
