@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-from", metavar="env:NAME|file:PATH")
     parser.add_argument("--ca-bundle", metavar="FILE", type=Path)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--progress-interval", metavar="SECONDS", type=float, default=5.0,
+        help="seconds between progress lines when stderr is not a terminal",
+    )  # fmt: skip
     return parser
 
 
@@ -152,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _install_signal_handlers(stop)
     try:
         request = request_from_args(args)
-        fetch(request, stop=stop, progress=Progress(bar=sys.stderr.isatty()))
+        progress = Progress(bar=sys.stderr.isatty(), interval=args.progress_interval)
+        fetch(request, stop=stop, progress=progress)
     except FetchError as error:
         _report(log, error.line(), args.log_format)
         return error.exit_code

@@ -129,8 +129,10 @@ def fetch(request: FetchRequest, *, stop: StopRequest, progress: Progress) -> Fe
         shutil.rmtree(work, ignore_errors=True)
         raise ChecksumMismatch(request.sha256, digest, current.bytes)
 
-    entries = _commit(output, staging)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        entries = _commit(output, staging)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if request.workdir:
         shutil.rmtree(request.workdir, ignore_errors=True)
     marker = Marker(

@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -81,6 +81,10 @@ class _AskAgainFromStart(Exception):
     """The origin answered a range of another file: ask it again for the whole file."""
 
 
+class _AlreadyComplete(Exception):
+    """A 416 whose Content-Range says the file ends exactly where we are: nothing is missing."""
+
+
 class _OriginRefused(Exception):
     """A final answer from this origin (404, 403, ...): go to the next one."""
 
@@ -114,53 +118,68 @@ class MirroredStream:
         # whose server computes ETags differently; the digest catches any mix-up.
         self._compare_etags = not trust_digest
         self.stats = StreamStats()
+        self._position = 0
+        self._identity: Identity | None = None
+        self._identity_url = ""
 
     def chunks(self) -> Iterator[bytes | StartOver]:
-        position = 0
-        identity: Identity | None = None
-        identity_url = ""
+        """The file's bytes in order; StartOver voids everything yielded before it."""
         failures_by_origin: list[str] = []
         for url in self._urls:
-            shown = redact(url)
-            failures = 0
-            while True:
-                self._check_stop()
-                try:
-                    for item in self._read(url, position, identity, identity_url):
-                        if isinstance(item, StartOver):
-                            position, identity = 0, None
-                            yield item
-                        elif isinstance(item, Identity):
-                            identity, identity_url = item, url
-                            self.stats.identity = item
-                        else:
-                            position += len(item)
-                            yield item
-                    return
-                except _AskAgainFromStart:
-                    continue
-                except _OriginRefused as refusal:
-                    failures_by_origin.append(f"{shown}: {refusal}")
-                    log.warning("origin %s refused: %s; trying the next origin", shown, refusal)
-                    break
-                except _Retryable as error:
-                    failures += 1
-                    if failures > self._policy.retries or (
-                        error.retry_after is not None and error.retry_after > _MAX_RETRY_AFTER
-                    ):
-                        failures_by_origin.append(f"{shown}: {error} (after {failures} attempts)")
-                        log.warning("origin %s failed: %s; trying the next origin", shown, error)
-                        break
-                    wait = error.retry_after
-                    if wait is None:
-                        wait = self._policy.backoff(failures)
-                    log.warning(
-                        "origin %s: %s at byte %d; retry %d/%d in %.1fs",
-                        shown, error, position, failures, self._policy.retries, wait,
-                    )  # fmt: skip
-                    if self._stop.wait(wait):
-                        self._check_stop()
+            gave_up = yield from self._from_origin(url)
+            if gave_up is None:
+                return
+            failures_by_origin.append(gave_up)
         raise SourceUnreachable(failures_by_origin)
+
+    def _from_origin(self, url: str) -> Generator[bytes | StartOver, None, str | None]:
+        """Stream from one origin with retries: None once complete, else why it was left."""
+        shown = redact(url)
+        failures = 0
+        while True:
+            self._check_stop()
+            try:
+                yield from self._attempt(url)
+                return None
+            except _AskAgainFromStart:
+                continue
+            except _AlreadyComplete:
+                log.warning(
+                    "origin %s announced more bytes than the file holds; all %d are here",
+                    shown, self._position,
+                )  # fmt: skip
+                return None
+            except _OriginRefused as refusal:
+                log.warning("origin %s refused: %s; trying the next origin", shown, refusal)
+                return f"{shown}: {refusal}"
+            except _Retryable as error:
+                failures += 1
+                if failures > self._policy.retries or (
+                    error.retry_after is not None and error.retry_after > _MAX_RETRY_AFTER
+                ):
+                    log.warning("origin %s failed: %s; trying the next origin", shown, error)
+                    return f"{shown}: {error} (after {failures} attempts)"
+                wait = error.retry_after
+                if wait is None:
+                    wait = self._policy.backoff(failures)
+                log.warning(
+                    "origin %s: %s at byte %d; retry %d/%d in %.1fs",
+                    shown, error, self._position, failures, self._policy.retries, wait,
+                )  # fmt: skip
+                if self._stop.wait(wait):
+                    self._check_stop()
+
+    def _attempt(self, url: str) -> Iterator[bytes | StartOver]:
+        for item in self._read(url, self._position, self._identity, self._identity_url):
+            if isinstance(item, StartOver):
+                self._position, self._identity = 0, None
+                yield item
+            elif isinstance(item, Identity):
+                self._identity, self._identity_url = item, url
+                self.stats.identity = item
+            else:
+                self._position += len(item)
+                yield item
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
@@ -208,6 +227,8 @@ class MirroredStream:
         status = response.status_code
         if status in _RETRYABLE_STATUS:
             raise _Retryable(f"HTTP {status}", _retry_after(response))
+        if status == 416 and position and _unsatisfied_length(response) == position:
+            raise _AlreadyComplete
         if status not in (200, 206):
             raise _OriginRefused(f"HTTP {status}")
         etag = response.headers.get("etag")
@@ -258,6 +279,13 @@ class MirroredStream:
                 window_start, window_bytes, throttled = time.monotonic(), 0, 0.0
         if served.length is not None and position < served.length:
             raise _Retryable(f"body ended at byte {position} of {served.length}")
+
+
+def _unsatisfied_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-range", "")
+    if value.startswith("bytes */") and value[8:].isdigit():
+        return int(value[8:])
+    return None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -27,7 +27,10 @@ def _python_streams() -> dict[str, tuple[Compression, bytes]]:
         "zstd-multi-frame": (Compression.ZSTD, zstd.compress(PAYLOAD_A) + zstd.compress(PAYLOAD_B)),
         "zstd-streamed-no-size": (Compression.ZSTD, _zstd_without_content_size(PAYLOAD)),
         "gzip-single-member": (Compression.GZIP, gzip.compress(PAYLOAD)),
-        "gzip-multi-member": (Compression.GZIP, gzip.compress(PAYLOAD_A) + gzip.compress(PAYLOAD_B)),
+        "gzip-multi-member": (
+            Compression.GZIP,
+            gzip.compress(PAYLOAD_A) + gzip.compress(PAYLOAD_B),
+        ),
         "xz-single": (Compression.XZ, lzma.compress(PAYLOAD)),
         "xz-multi-stream": (Compression.XZ, lzma.compress(PAYLOAD_A) + lzma.compress(PAYLOAD_B)),
         "bzip2-single": (Compression.BZIP2, bz2.compress(PAYLOAD)),
