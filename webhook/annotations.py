@@ -1,0 +1,408 @@
+"""The annotation contract: `<prefix>/<key>` and `<prefix>/<model>.<key>` read into ModelSpecs.
+
+Every problem is collected, so one refusal lists all of them; each names the key, the value and
+what would be accepted. Nothing here looks at the pod's containers: see injection.py for that.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from webhook.errors import Refused, invalid_value
+from webhook.modelspec import (
+    DEFAULT_MODEL,
+    FETCH_CONTAINER,
+    ExtractMode,
+    FetchResources,
+    ModelSpec,
+    VolumeKind,
+)
+from webhook.quantities import (
+    is_fetcher_rate,
+    is_fetcher_size,
+    is_positive_quantity,
+    parse_quantity,
+)
+from webhook.settings import Settings
+from webhook.urls import url_problem
+
+MODEL_KEYS = (
+    "source",
+    "sha256",
+    "mirrors",
+    "mount-path",
+    "containers",
+    "read-only",
+    "volume",
+    "pvc-name",
+    "storage-class",
+    "size-limit",
+    "extract",
+    "max-bandwidth",
+    "max-disk-buffer",
+    "ca-bundle",
+    "credentials-secret",
+    "cpu-request",
+    "cpu-limit",
+    "memory-request",
+    "memory-limit",
+    "init-first",
+)
+STATUS = "status"
+INJECTED = "injected"
+
+_VOLUME_KINDS: dict[str, VolumeKind] = {
+    "emptyDir": "emptyDir",
+    "pvc": "pvc",
+    "ephemeral": "ephemeral",
+}
+_EXTRACT_MODES: dict[str, ExtractMode] = {"auto": "auto", "none": "none"}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+# model-fetch-<name> must still be a 63-character DNS label.
+_MAX_MODEL_NAME = 63 - len(FETCH_CONTAINER) - 1
+
+
+@dataclass(frozen=True)
+class ParsedModels:
+    models: tuple[ModelSpec, ...]
+    warnings: tuple[str, ...]
+
+
+def status_key(settings: Settings) -> str:
+    return f"{settings.annotation_prefix}/{STATUS}"
+
+
+def parse_models(annotations: Mapping[str, str], settings: Settings) -> ParsedModels:
+    """The models a pod's annotations ask for; raises Refused listing every problem."""
+    prefix = f"{settings.annotation_prefix}/"
+    grouped: dict[str, dict[str, str]] = {}
+    problems: list[str] = []
+    for full_key, value in annotations.items():
+        if not full_key.startswith(prefix):
+            continue
+        rest = full_key.removeprefix(prefix)
+        if rest == STATUS:
+            continue
+        model, dot, key = rest.partition(".")
+        if not dot:
+            model, key = DEFAULT_MODEL, rest
+        elif model == DEFAULT_MODEL:
+            problems.append(
+                f"{full_key}: the model name {DEFAULT_MODEL!r} is reserved; expected the "
+                f"unnamed key {prefix}{key} for the default model"
+            )
+            continue
+        elif len(model) > _MAX_MODEL_NAME or not _DNS_LABEL.match(model):
+            problems.append(
+                f"{full_key}: {json.dumps(model)} is not a valid model name; expected lower-case "
+                f"letters, digits and '-', at most {_MAX_MODEL_NAME} characters"
+            )
+            continue
+        if key not in MODEL_KEYS:
+            problems.append(
+                f"{full_key}: unknown annotation key (value {json.dumps(value)}); expected one of "
+                f"{', '.join(MODEL_KEYS)}, optionally as <model>.<key>"
+            )
+            continue
+        grouped.setdefault(model, {})[key] = value
+
+    if not any("source" in keys for keys in grouped.values()):
+        if problems:
+            raise Refused(problems)
+        stray = [
+            f"{prefix}source is not set, so {', '.join(_full_keys(prefix, model, keys))} "
+            "have no effect"
+            for model, keys in grouped.items()
+        ]
+        return ParsedModels((), tuple(stray))
+
+    models: list[ModelSpec] = []
+    warnings: list[str] = []
+    for model in sorted(grouped, key=lambda name: (name != DEFAULT_MODEL, name)):
+        reader = _ModelReader(model, grouped[model], settings)
+        spec = reader.read()
+        problems.extend(reader.problems)
+        warnings.extend(reader.warnings)
+        if spec is not None:
+            models.append(spec)
+    problems.extend(_mount_path_clashes(models, settings))
+    if problems:
+        raise Refused(problems)
+    return ParsedModels(tuple(models), tuple(warnings))
+
+
+def _full_keys(prefix: str, model: str, keys: Mapping[str, str]) -> list[str]:
+    scope = "" if model == DEFAULT_MODEL else f"{model}."
+    return [f"{prefix}{scope}{key}" for key in keys]
+
+
+def _mount_path_clashes(models: list[ModelSpec], settings: Settings) -> list[str]:
+    owners: dict[str, str] = {}
+    problems = []
+    for spec in models:
+        if spec.mount_path in owners:
+            key = annotation_key(settings, spec.name, "mount-path")
+            problems.append(
+                invalid_value(
+                    key,
+                    spec.mount_path,
+                    f"a path not already used by model {owners[spec.mount_path]!r}",
+                )
+            )
+        owners.setdefault(spec.mount_path, spec.name)
+    return problems
+
+
+def annotation_key(settings: Settings, model: str, key: str) -> str:
+    """The full annotation key of `key` for `model`, e.g. models.example.com/tokenizer.source."""
+    scope = "" if model == DEFAULT_MODEL else f"{model}."
+    return f"{settings.annotation_prefix}/{scope}{key}"
+
+
+class _ModelReader:
+    """Reads one model's keys; a bad value is recorded in `problems` and replaced by its default."""
+
+    def __init__(self, model: str, values: Mapping[str, str], settings: Settings) -> None:
+        self.model = model
+        self.values = values
+        self.settings = settings
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def key(self, key: str) -> str:
+        return annotation_key(self.settings, self.model, key)
+
+    def refuse(self, key: str, expected: str) -> None:
+        self.problems.append(invalid_value(self.key(key), self.values[key], expected))
+
+    def read(self) -> ModelSpec | None:
+        if "source" not in self.values:
+            present = ", ".join(self.key(key) for key in self.values)
+            self.problems.append(
+                f"{self.key('source')} is missing: {present} are set, so a source URL is "
+                f"expected for model {self.model!r}"
+            )
+            return None
+        source = self.url("source")
+        volume = self.volume()
+        return ModelSpec(
+            name=self.model,
+            source=source,
+            mirrors=self.mirrors(),
+            sha256=self.sha256(),
+            mount_path=self.mount_path(),
+            containers=self.containers(),
+            read_only=self.flag("read-only", default=True),
+            volume=volume,
+            pvc_name=self.pvc_name(volume),
+            storage_class=self.storage_class(volume),
+            size_limit=self.size_limit(volume),
+            extract=self.extract(),
+            max_bandwidth=self.optional("max-bandwidth", is_fetcher_rate, _RATE),
+            max_disk_buffer=self.max_disk_buffer(),
+            ca_bundle=self.optional("ca-bundle", _is_dns_subdomain, _CONFIGMAP),
+            credentials_secret=self.optional("credentials-secret", _is_dns_subdomain, _CREDENTIALS),
+            resources=self.resources(),
+            init_first=self.flag("init-first", default=False),
+        )
+
+    def url(self, key: str) -> str:
+        value = self.values[key]
+        problem = url_problem(self.key(key), value, self.settings)
+        if problem:
+            self.problems.append(problem)
+        return value
+
+    def mirrors(self) -> tuple[str, ...]:
+        if "mirrors" not in self.values:
+            return ()
+        items = [item.strip() for item in self.values["mirrors"].split(",")]
+        if not all(items):
+            self.refuse("mirrors", "comma-separated URLs with no empty entries")
+            return ()
+        for item in items:
+            problem = url_problem(self.key("mirrors"), item, self.settings)
+            if problem:
+                self.problems.append(problem)
+        return tuple(items)
+
+    def sha256(self) -> str | None:
+        value = self.values.get("sha256")
+        if value is None:
+            if self.settings.require_sha256:
+                self.problems.append(
+                    f"{self.key('sha256')} is missing; expected the 64-hex-character sha256 of "
+                    "the bytes at the source (required by policy)"
+                )
+            else:
+                self.warnings.append(
+                    f"{self.key('sha256')} is not set: the download will not be verified"
+                )
+            return None
+        if not _SHA256.match(value):
+            self.refuse("sha256", "64 hexadecimal characters (the sha256 of the bytes at source)")
+            return None
+        return value.lower()
+
+    def mount_path(self) -> str:
+        default = self.settings.default_mount_path
+        if self.model != DEFAULT_MODEL:
+            default = posixpath.join(default, self.model)
+        value = self.values.get("mount-path")
+        if value is None:
+            return default
+        if not _is_clean_absolute_path(value):
+            self.refuse("mount-path", "a normalised absolute path other than /, such as /models")
+            return default
+        return value
+
+    def containers(self) -> tuple[str, ...] | None:
+        value = self.values.get("containers")
+        if value is None:
+            return None
+        names = [name.strip() for name in value.split(",")]
+        if not all(names) or not all(_DNS_LABEL.match(name) for name in names):
+            self.refuse("containers", "comma-separated container names, such as app,sidecar")
+            return None
+        return tuple(dict.fromkeys(names))
+
+    def flag(self, key: str, *, default: bool) -> bool:
+        value = self.values.get(key)
+        if value is None:
+            return default
+        if value.lower() not in ("true", "false"):
+            self.refuse(key, "true or false")
+            return default
+        return value.lower() == "true"
+
+    def volume(self) -> VolumeKind:
+        value = self.values.get("volume", "emptyDir")
+        if value not in _VOLUME_KINDS:
+            self.refuse("volume", "emptyDir, pvc or ephemeral")
+            return "emptyDir"
+        return _VOLUME_KINDS[value]
+
+    def pvc_name(self, volume: VolumeKind) -> str | None:
+        value = self.values.get("pvc-name")
+        if volume != "pvc":
+            if value is not None:
+                self.refuse("pvc-name", "no pvc-name unless volume is pvc")
+            return None
+        if value is None:
+            self.problems.append(
+                f"{self.key('pvc-name')} is missing; expected the name of an existing "
+                f"PersistentVolumeClaim because {self.key('volume')} is pvc"
+            )
+            return None
+        if not _is_dns_subdomain(value):
+            self.refuse("pvc-name", _CLAIM)
+            return None
+        return value
+
+    def storage_class(self, volume: VolumeKind) -> str | None:
+        value = self.values.get("storage-class")
+        if value is None:
+            return None
+        if volume != "ephemeral":
+            self.refuse("storage-class", "no storage-class unless volume is ephemeral")
+            return None
+        if not _is_dns_subdomain(value):
+            self.refuse("storage-class", "a StorageClass name such as standard-rwo")
+            return None
+        return value
+
+    def size_limit(self, volume: VolumeKind) -> str:
+        default = self.settings.default_size_limit
+        value = self.values.get("size-limit")
+        if value is None:
+            return default
+        if volume == "pvc":
+            self.refuse("size-limit", "no size-limit with volume pvc (the claim's size applies)")
+            return default
+        if not is_positive_quantity(value):
+            self.refuse("size-limit", "a positive Kubernetes quantity such as 20Gi or 500M")
+            return default
+        return value
+
+    def extract(self) -> ExtractMode:
+        value = self.values.get("extract", "auto")
+        if value not in _EXTRACT_MODES:
+            self.refuse("extract", "auto or none")
+            return "auto"
+        return _EXTRACT_MODES[value]
+
+    def max_disk_buffer(self) -> str:
+        value = self.optional("max-disk-buffer", is_fetcher_size, _SIZE)
+        return value if value is not None else self.settings.default_max_disk_buffer
+
+    def optional(self, key: str, is_valid: Callable[[str], bool], expected: str) -> str | None:
+        value = self.values.get(key)
+        if value is None:
+            return None
+        if not is_valid(value):
+            self.refuse(key, expected)
+            return None
+        return value
+
+    def resources(self) -> FetchResources:
+        settings = self.settings
+        cpu_request = self.quantity("cpu-request", settings.fetcher_cpu_request, _CPU)
+        cpu_limit = self.quantity("cpu-limit", settings.fetcher_cpu_limit, _CPU)
+        memory_request = self.quantity("memory-request", settings.fetcher_memory_request, _MEMORY)
+        memory_limit = self.quantity("memory-limit", settings.fetcher_memory_limit, _MEMORY)
+        self.request_within_limit("cpu", cpu_request, cpu_limit)
+        self.request_within_limit("memory", memory_request, memory_limit)
+        return FetchResources(cpu_request, cpu_limit, memory_request, memory_limit)
+
+    def quantity(self, key: str, default: str, expected: str) -> str:
+        value = self.values.get(key)
+        if value is None:
+            return default
+        if not is_positive_quantity(value):
+            self.refuse(key, expected)
+            return default
+        return value
+
+    def request_within_limit(self, resource: str, request: str, limit: str) -> None:
+        request_value = parse_quantity(request) or Decimal(0)
+        limit_value = parse_quantity(limit) or Decimal(0)
+        if request_value <= limit_value:
+            return
+        request_key, limit_key = f"{resource}-request", f"{resource}-limit"
+        blamed = request_key if request_key in self.values else limit_key
+        self.refuse(
+            blamed,
+            f"a {resource} request no greater than the {resource} limit "
+            f"(request {request}, limit {limit}; set {self.key(limit_key)} as well)",
+        )
+
+
+def _is_dns_subdomain(value: str) -> bool:
+    return len(value) <= 253 and _DNS_SUBDOMAIN.match(value) is not None
+
+
+def _is_clean_absolute_path(value: str) -> bool:
+    return (
+        value.startswith("/")
+        and value != "/"
+        and value.isprintable()
+        and ":" not in value
+        and "//" not in value
+        and posixpath.normpath(value) == value
+    )
+
+
+_RATE = "a rate such as 200MB/s or 50MiB/s (units K, M, G, Ki, Mi, Gi, optional B and /s)"
+_SIZE = "a size such as 256MiB or 1G (units K, M, G, Ki, Mi, Gi, optional B)"
+_CPU = "a positive Kubernetes quantity such as 500m or 2"
+_MEMORY = "a positive Kubernetes quantity such as 512Mi or 2Gi"
+_CONFIGMAP = "the name of a ConfigMap in the pod's namespace (key ca.crt)"
+_CREDENTIALS = "the name of a Secret in the pod's namespace"
+_CLAIM = "the name of a PersistentVolumeClaim in the pod's namespace"

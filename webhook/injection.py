@@ -1,0 +1,115 @@
+"""The pure core of /mutate: a raw pod and the policy in, the JSONPatch (or a refusal) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from webhook.annotations import INJECTED, annotation_key, parse_models, status_key
+from webhook.bodies import AddOperation, Pod
+from webhook.errors import Refused, invalid_value
+from webhook.fetchcontainer import app_mount, fetch_container, volumes_for
+from webhook.modelspec import FETCH_CONTAINER, ModelSpec
+from webhook.patch import Additions, build_patch
+from webhook.pods import annotations_of, containers_of, read_pod
+from webhook.settings import Settings
+
+
+@dataclass(frozen=True)
+class Mutation:
+    patch: list[AddOperation]
+    models: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def mutate_pod(obj: object, settings: Settings) -> Mutation:
+    """The patch that injects the models `obj`'s annotations ask for.
+
+    Raises Refused for annotations that cannot be honoured and MalformedReview when `obj` is not
+    shaped like a pod. A pod injected before (reinvocation) gets an empty patch.
+    """
+    pod = read_pod(obj)
+    if _already_injected(pod, settings):
+        return Mutation(patch=[])
+    parsed = parse_models(annotations_of(pod), settings)
+    if not parsed.models:
+        return Mutation(patch=[], warnings=parsed.warnings)
+    additions = _plan(pod, parsed.models, settings)
+    return Mutation(
+        patch=build_patch(pod, additions),
+        models=tuple(spec.name for spec in parsed.models),
+        warnings=parsed.warnings,
+    )
+
+
+def _already_injected(pod: Pod, settings: Settings) -> bool:
+    if status_key(settings) in annotations_of(pod):
+        return True
+    return any(
+        _is_fetch_container_name(container["name"])
+        for field in ("initContainers", "containers")
+        for container in containers_of(pod, field)
+    )
+
+
+def _is_fetch_container_name(name: str) -> bool:
+    return name == FETCH_CONTAINER or name.startswith(f"{FETCH_CONTAINER}-")
+
+
+def _plan(pod: Pod, models: tuple[ModelSpec, ...], settings: Settings) -> Additions:
+    containers = containers_of(pod)
+    container_names = [container["name"] for container in containers]
+    existing_volumes = {volume["name"] for volume in pod.get("spec", {}).get("volumes") or []}
+    problems: list[str] = []
+    additions = Additions(annotations={status_key(settings): INJECTED})
+    for spec in models:
+        for volume in volumes_for(spec):
+            if volume["name"] in existing_volumes:
+                problems.append(
+                    f"the pod already has a volume named {volume['name']!r}, which "
+                    f"{_key(settings, spec, 'source')} would add; expected no volume of that name"
+                )
+        targets = _targets(spec, container_names, settings, problems)
+        for index in targets:
+            taken = {mount["mountPath"] for mount in containers[index].get("volumeMounts") or []}
+            if spec.mount_path in taken:
+                problems.append(
+                    invalid_value(
+                        _key(settings, spec, "mount-path"),
+                        spec.mount_path,
+                        f"a path not already mounted in container {container_names[index]!r}",
+                    )
+                )
+            additions.mounts.setdefault(index, []).append(app_mount(spec))
+        additions.volumes += volumes_for(spec)
+        container = fetch_container(spec, settings)
+        if spec.init_first:
+            additions.leading_init_containers.append(container)
+        else:
+            additions.trailing_init_containers.append(container)
+    if problems:
+        raise Refused(problems)
+    return additions
+
+
+def _targets(
+    spec: ModelSpec, container_names: list[str], settings: Settings, problems: list[str]
+) -> list[int]:
+    if spec.containers is None:
+        return list(range(len(container_names)))
+    missing = [name for name in spec.containers if name not in container_names]
+    if missing:
+        key = _key(settings, spec, "containers")
+        problems.append(
+            invalid_value(
+                key,
+                ",".join(spec.containers),
+                f"names of this pod's containers ({', '.join(container_names)}); "
+                f"no container is named {', '.join(missing)}",
+            )
+        )
+        return []
+    return [container_names.index(name) for name in spec.containers]
+
+
+def _key(settings: Settings, spec: ModelSpec, key: str) -> str:
+    return annotation_key(settings, spec.name, key)

@@ -1,0 +1,68 @@
+"""One model to fetch into a pod, as read from its annotations, and the names derived from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+DEFAULT_MODEL = "default"
+FETCH_CONTAINER = "model-fetch"
+VOLUME = "model"
+CA_VOLUME = "model-ca"
+CA_DIR = "/etc/model-fetch/ca"
+
+VolumeKind = Literal["emptyDir", "pvc", "ephemeral"]
+ExtractMode = Literal["auto", "none"]
+
+
+@dataclass(frozen=True)
+class FetchResources:
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    mount_path: str
+    size_limit: str
+    max_disk_buffer: str
+    resources: FetchResources
+    mirrors: tuple[str, ...] = ()
+    sha256: str | None = None
+    containers: tuple[str, ...] | None = None  # None: every app container
+    read_only: bool = True
+    volume: VolumeKind = "emptyDir"
+    pvc_name: str | None = None
+    storage_class: str | None = None
+    extract: ExtractMode = "auto"
+    max_bandwidth: str | None = None
+    ca_bundle: str | None = None
+    credentials_secret: str | None = None
+    init_first: bool = False
+
+    def _suffixed(self, base: str) -> str:
+        return base if self.name == DEFAULT_MODEL else f"{base}-{self.name}"
+
+    @property
+    def volume_name(self) -> str:
+        return self._suffixed(VOLUME)
+
+    @property
+    def fetch_container_name(self) -> str:
+        return self._suffixed(FETCH_CONTAINER)
+
+    @property
+    def ca_volume_name(self) -> str:
+        return self._suffixed(CA_VOLUME)
+
+    @property
+    def ca_dir(self) -> str:
+        return self._suffixed(CA_DIR)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.source, *self.mirrors)
