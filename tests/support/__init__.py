@@ -1,0 +1,1 @@
+"""Real servers and archive builders shared by the test suites (no mocks)."""
