@@ -1,0 +1,72 @@
+"""Rendering deploy/ with kubectl's kustomize, and loading certs/certs.py, for the deploy tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CERTS_SCRIPT = ROOT / "certs" / "certs.py"
+KIND_GENERATED = Path("overlays") / "kind" / "generated"
+
+Manifest = dict[str, Any]
+
+
+def load_certs_tool() -> ModuleType:
+    """certs/certs.py is a script, not an installed package: import it from its path."""
+    spec = importlib.util.spec_from_file_location("model_injector_certs", CERTS_SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.fail("kubectl (with its built-in kustomize) is needed to render deploy/")
+    return path
+
+
+def copy_deploy(destination: Path) -> Path:
+    """A copy of deploy/ without any certificates a developer generated in the work tree."""
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        if Path(folder).resolve() == (DEPLOY / KIND_GENERATED).resolve():
+            return [name for name in names if name != ".gitignore"]
+        return []
+
+    target = destination / "deploy"
+    shutil.copytree(DEPLOY, target, ignore=ignore)
+    return target
+
+
+def run_certs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(CERTS_SCRIPT), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def render(kustomization: Path) -> list[Manifest]:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(kustomization)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"kubectl kustomize {kustomization} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def only(objects: list[Manifest], kind: str) -> Manifest:
+    matches = [obj for obj in objects if obj["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, found {len(matches)}"
+    return matches[0]
