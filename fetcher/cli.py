@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--low-speed-time", metavar="SECONDS", type=float, default=60.0,
         help="a connection slower than --low-speed-limit for this long is retried",
     )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint-interval", metavar="SECONDS", type=float, default=2.0,
+        help="how often progress is made durable for a resume after a crash",
+    )  # fmt: skip
     parser.add_argument("--auth-from", metavar="env:NAME|file:PATH")
     parser.add_argument("--ca-bundle", metavar="FILE", type=Path)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -121,6 +125,7 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
         output=args.output,
         sha256=args.sha256.lower() if args.sha256 else None,
         workdir=args.workdir,
+        format=args.format,
         compression=compression,
         layout=layout,
         max_bandwidth=(
@@ -136,6 +141,7 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
         ),
         authorization=read_authorization(args.auth_from) if args.auth_from else None,
         ca_bundle=args.ca_bundle,
+        checkpoint_interval=args.checkpoint_interval,
     )
 
 

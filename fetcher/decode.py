@@ -21,7 +21,14 @@ from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compres
 OUTPUT_CHUNK = 1 << 20
 
 Emit = Callable[[memoryview], None]
+# Called with an offset into the data being fed, after every byte before it has been decoded
+# and emitted: a point where a fresh decoder could take over.
+OnBoundary = Callable[[int], None]
 Chunk = bytes | bytearray | memoryview
+
+
+def _ignore_boundary(offset: int) -> None:
+    return None
 
 
 class Decoder(Protocol):
@@ -36,7 +43,9 @@ class Decoder(Protocol):
 
 
 class IdentityDecoder:
-    def __init__(self, emit: Emit) -> None:
+    """Every byte is a boundary; the caller checks at_boundary after each feed."""
+
+    def __init__(self, emit: Emit, on_boundary: OnBoundary = _ignore_boundary) -> None:
         self._emit = emit
 
     def feed(self, data: Chunk) -> None:
@@ -71,15 +80,20 @@ class _ZstdFrameScanner:
         self.frames = 0
         self.in_frame = False
         self._checksum_len = 0
+        self._cursor = 0
+        self._ends: list[int] = []
 
-    def feed(self, data: Chunk) -> None:
+    def feed(self, data: Chunk) -> list[int]:
+        """Scan data; return the offsets within it at which a frame ended."""
         view = memoryview(data)
+        self._ends = []
         pos = 0
         while pos < len(view):
             if self._skip:
                 taken = min(self._skip, len(view) - pos)
                 self._skip -= taken
                 pos += taken
+                self._cursor = pos
                 if not self._skip and self._step == self._frame_done:
                     self._frame_done()
                 continue
@@ -87,8 +101,10 @@ class _ZstdFrameScanner:
             piece = view[pos : pos + wanted]
             self._pending += piece
             pos += len(piece)
+            self._cursor = pos
             if len(self._pending) == self._need:
                 self._step()
+        return self._ends
 
     def _take(self, need: int, step: Callable[[], None]) -> None:
         self._pending.clear()
@@ -151,6 +167,7 @@ class _ZstdFrameScanner:
     def _frame_done(self) -> None:
         self.frames += 1
         self.in_frame = False
+        self._ends.append(self._cursor)
         self._take(4, self._frame_magic)
 
 
@@ -168,16 +185,26 @@ class _EmitWriter:
 class ZstdDecoder:
     """Single- and multi-frame zstd, skippable frames included (pzstd writes them)."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, on_boundary: OnBoundary = _ignore_boundary) -> None:
         self._scanner = _ZstdFrameScanner()
+        self._on_boundary = on_boundary
         self._writer = zstandard.ZstdDecompressor().stream_writer(
             cast(IO[bytes], _EmitWriter(emit)), write_size=OUTPUT_CHUNK
         )
 
     def feed(self, data: Chunk) -> None:
-        self._scanner.feed(data)
+        view = memoryview(data)
+        start = 0
+        for end in self._scanner.feed(view):
+            self._write(view[start:end])
+            self._on_boundary(end)
+            start = end
+        if start < len(view):
+            self._write(view[start:])
+
+    def _write(self, piece: memoryview) -> None:
         try:
-            self._writer.write(data)
+            self._writer.write(piece)
         except zstandard.ZstdError as error:
             raise CorruptArchive(
                 f"zstd stream is corrupt: {error}", "the file is damaged"
@@ -200,8 +227,9 @@ class _MemberDecoder:
 
     name = ""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, on_boundary: OnBoundary = _ignore_boundary) -> None:
         self._emit = emit
+        self._on_boundary = on_boundary
         self._current: _StdlibDecompressor | None = None
         self.members = 0
 
@@ -226,6 +254,7 @@ class _MemberDecoder:
             if self._current.eof:
                 self.members += 1
                 self._current = None
+                self._on_boundary(len(data) - len(buffer))
 
     def _drain(self, decompressor: _StdlibDecompressor, data: bytes) -> bytes:
         """Decode data in bounded pieces; return the bytes after the member end, if any."""
@@ -305,7 +334,7 @@ class _ZlibAdapter:
         return output
 
 
-_DECODERS: dict[Compression, Callable[[Emit], Decoder]] = {
+_DECODERS: dict[Compression, Callable[[Emit, OnBoundary], Decoder]] = {
     Compression.NONE: IdentityDecoder,
     Compression.ZSTD: ZstdDecoder,
     Compression.GZIP: GzipDecoder,
@@ -314,36 +343,56 @@ _DECODERS: dict[Compression, Callable[[Emit], Decoder]] = {
 }
 
 
-def make_decoder(compression: Compression, emit: Emit) -> Decoder:
-    return _DECODERS[compression](emit)
+def make_decoder(
+    compression: Compression, emit: Emit, on_boundary: OnBoundary = _ignore_boundary
+) -> Decoder:
+    return _DECODERS[compression](emit, on_boundary)
 
 
 class AutoDecoder:
     """Picks the decoder from --format or, for auto, from the stream's first bytes."""
 
     def __init__(
-        self, compression: Compression | None, on_detect: Callable[[Compression], Emit]
+        self,
+        compression: Compression | None,
+        on_detect: Callable[[Compression], Emit],
+        on_boundary: OnBoundary = _ignore_boundary,
     ) -> None:
         self._compression = compression
         self._on_detect = on_detect
+        self._on_boundary = on_boundary
+        self._head_offset = 0  # bytes of the current feed that were held back as the head
         self._head = bytearray()
         self._inner: Decoder | None = None
 
     def feed(self, data: Chunk) -> None:
         if self._inner is None:
+            held = len(self._head)
             self._head += data
             if self._compression is None and len(self._head) < SNIFF_COMPRESSION_BYTES:
                 return
+            self._head_offset = held  # boundary offsets below count from the held-back head
             data = self._start()
-        assert self._inner is not None
+            assert self._inner is not None
+            self._inner.feed(data)
+            self._head_offset = 0
+            return
         self._inner.feed(data)
+
+    def _boundary(self, offset: int) -> None:
+        if offset >= self._head_offset:
+            self._on_boundary(offset - self._head_offset)
 
     def _start(self) -> bytes:
         compression = self._compression or detect_compression(bytes(self._head))
-        self._inner = make_decoder(compression, self._on_detect(compression))
+        self._inner = make_decoder(compression, self._on_detect(compression), self._boundary)
         head = bytes(self._head)
         self._head.clear()
         return head
+
+    @property
+    def started(self) -> bool:
+        return self._inner is not None
 
     def finish(self) -> None:
         if self._inner is None:

@@ -108,6 +108,8 @@ class MirroredStream:
         stop: threading.Event,
         *,
         trust_digest: bool,
+        start: int = 0,
+        identity: Identity | None = None,
     ) -> None:
         self._urls = urls
         self._client = client
@@ -118,9 +120,10 @@ class MirroredStream:
         # whose server computes ETags differently; the digest catches any mix-up.
         self._compare_etags = not trust_digest
         self.stats = StreamStats()
-        self._position = 0
-        self._identity: Identity | None = None
-        self._identity_url = ""
+        # A resumed run carries on from start, provided the file is still the one it had.
+        self._position = start
+        self._identity = identity
+        self._identity_url = urls[0] if identity else ""
 
     def chunks(self) -> Iterator[bytes | StartOver]:
         """The file's bytes in order; StartOver voids everything yielded before it."""

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fetcher.decode import AutoDecoder, Chunk, Emit
 from fetcher.formats import Compression, Layout, strip_suffix
-from fetcher.sinks import Sink, make_sink
+from fetcher.sha256 import ResumableSha256
+from fetcher.sinks import Sink, make_sink, resumed_sink
 from fetcher.tree import SafeTree
+
+# Called with the stream position at every point where all stages could be restored.
+OnRestorable = Callable[[int], None]
+
+
+def _never(position: int) -> None:
+    return None
 
 
 class Pass:
@@ -21,27 +30,74 @@ class Pass:
         layout: Layout,
         file_name: str,
         max_extracted: int,
+        resume: dict[str, Any] | None = None,
+        already_complete: dict[str, int] | None = None,
     ) -> None:
         self.staging = staging
         self.tree = SafeTree(staging, max_bytes=max_extracted)
-        self.hasher = hashlib.sha256()
+        self.hasher = ResumableSha256()
         self.bytes = 0
         self.compression: Compression | None = None
+        self.on_restorable: OnRestorable = _never
         self._sink: Sink | None = None
         self._layout = layout
         self._file_name = file_name
-        self._decoder = AutoDecoder(compression, self._on_detect)
+        self._resumed_sink: dict[str, Any] | None = None
+        if resume:
+            self.bytes = resume["position"]
+            self.hasher = ResumableSha256.from_state(bytes.fromhex(resume["sha256_state"]))
+            compression = Compression(resume["compression"])
+            self._resumed_sink = resume["sink"]
+            self.tree.restore(resume["tree"], already_complete or {})
+        elif already_complete:
+            self.tree.restore(self.tree.state(), already_complete)
+        self._decoder = AutoDecoder(compression, self._on_detect, self._on_boundary)
+        self._chunk: memoryview = memoryview(b"")
+        self._hashed = 0  # bytes of the current chunk already hashed
 
     def _on_detect(self, compression: Compression) -> Emit:
         self.compression = compression
         name = strip_suffix(self._file_name, compression)
-        self._sink = make_sink(self._layout, self.tree, name)
+        if self._resumed_sink is None:
+            self._sink = make_sink(self._layout, self.tree, name)
+        else:
+            self._sink = resumed_sink(self._resumed_sink, self.tree, name)
         return self._sink.write
 
     def feed(self, chunk: Chunk) -> None:
-        self.hasher.update(chunk)
-        self._decoder.feed(chunk)
-        self.bytes += len(chunk)
+        self._chunk = memoryview(chunk)
+        self._hashed = 0
+        self._decoder.feed(self._chunk)
+        self._hash_to(len(self._chunk))
+        if self._decoder.started and self._decoder.at_boundary:
+            self.on_restorable(self.bytes)
+
+    def _hash_to(self, offset: int) -> None:
+        if offset > self._hashed:
+            self.hasher.update(self._chunk[self._hashed : offset])
+            self.bytes += offset - self._hashed
+            self._hashed = offset
+
+    def _on_boundary(self, offset: int) -> None:
+        """A frame or member ended at offset in the current chunk; everything before is out."""
+        self._hash_to(offset)
+        if offset < len(self._chunk):
+            self.on_restorable(self.bytes)
+
+    def state(self) -> dict[str, Any]:
+        """Every stage's state at self.bytes; valid only inside on_restorable."""
+        assert self._sink is not None and self.compression is not None
+        return {
+            "position": self.bytes,
+            "sha256_state": self.hasher.export_state().hex(),
+            "compression": self.compression.value,
+            "sink": self._sink.state(),
+            "tree": self.tree.state(),
+        }
+
+    @property
+    def restorable(self) -> bool:
+        return self._decoder.started and self._sink is not None
 
     def finish(self) -> str:
         """Check every stage ended cleanly and return the hex digest of all bytes fed."""

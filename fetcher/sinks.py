@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import base64
+from typing import Any, Protocol
 
 from fetcher.formats import SNIFF_TAR_BYTES, Layout, looks_like_tar
 from fetcher.tar import TarReader
@@ -18,6 +19,10 @@ class Sink(Protocol):
     @property
     def layout(self) -> Layout: ...
 
+    def state(self) -> dict[str, Any]: ...
+
+    def restore(self, state: dict[str, Any]) -> None: ...
+
 
 class TarSink:
     layout = Layout.TAR
@@ -31,16 +36,29 @@ class TarSink:
     def close(self) -> None:
         self._reader.close()
 
+    def state(self) -> dict[str, Any]:
+        return {"layout": self.layout.value, "tar": self._reader.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._reader.restore(state["tar"])
+
 
 class FileSink:
     """The whole decoded stream stored as one file under the given name."""
 
     layout = Layout.FILE
 
-    def __init__(self, tree: SafeTree, name: str) -> None:
+    def __init__(self, tree: SafeTree, name: str, *, resumed: bool = False) -> None:
         self._tree = tree
-        tree.begin_file(name, 0o644, 0)
+        if not resumed:
+            tree.begin_file(name, 0o644, 0)
         self._open = True
+
+    def state(self) -> dict[str, Any]:
+        return {"layout": self.layout.value}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        return None  # the tree reopens the file at its offset
 
     def write(self, data: memoryview) -> None:
         self._tree.check_cap(len(data))
@@ -84,6 +102,21 @@ class DetectingSink:
         )
         self._inner.write(memoryview(head))
 
+    def state(self) -> dict[str, Any]:
+        if self._inner is None:
+            return {"layout": Layout.DETECT.value, "head": base64.b64encode(self._head).decode()}
+        return self._inner.state()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        layout = Layout(state["layout"])
+        if layout is Layout.DETECT:
+            self._head = bytearray(base64.b64decode(state["head"]))
+        elif layout is Layout.TAR:
+            self._inner = TarSink(self._tree)
+            self._inner.restore(state)
+        else:
+            self._inner = FileSink(self._tree, self._file_name, resumed=True)
+
     def close(self) -> None:
         if self._inner is None:
             self._choose()
@@ -97,3 +130,13 @@ def make_sink(layout: Layout, tree: SafeTree, file_name: str) -> Sink:
     if layout is Layout.FILE:
         return FileSink(tree, file_name)
     return DetectingSink(tree, file_name)
+
+
+def resumed_sink(state: dict[str, Any], tree: SafeTree, file_name: str) -> Sink:
+    """The sink a checkpoint describes, carrying on where it stopped."""
+    layout = Layout(state["layout"])
+    if layout is Layout.FILE:
+        return FileSink(tree, file_name, resumed=True)
+    sink: Sink = TarSink(tree) if layout is Layout.TAR else DetectingSink(tree, file_name)
+    sink.restore(state)
+    return sink

@@ -9,7 +9,9 @@ hard links are extracted; everything else is refused.
 
 from __future__ import annotations
 
+import base64
 import tarfile
+from typing import Any
 
 from fetcher.errors import CorruptArchive, UnsafeArchive
 from fetcher.tree import SafeTree
@@ -77,9 +79,34 @@ class TarReader:
                 "the download was cut short or the archive is damaged",
             )
 
-    @property
-    def at_member_boundary(self) -> bool:
-        return not (self._remaining or self._padding or self._header) and self._collecting is None
+    def state(self) -> dict[str, Any]:
+        return {
+            "header": base64.b64encode(bytes(self._header)).decode(),
+            "remaining": self._remaining,
+            "padding": self._padding,
+            "collecting": self._collecting.decode("latin-1") if self._collecting else None,
+            "extended": base64.b64encode(bytes(self._extended)).decode(),
+            "overrides": self._overrides,
+            "globals": self._globals,
+            "in_file": self._in_file,
+            "mtime": self._mtime,
+            "ended": self.ended,
+            "members": self.members,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._header = bytearray(base64.b64decode(state["header"]))
+        self._remaining = state["remaining"]
+        self._padding = state["padding"]
+        collecting = state["collecting"]
+        self._collecting = collecting.encode("latin-1") if collecting is not None else None
+        self._extended = bytearray(base64.b64decode(state["extended"]))
+        self._overrides = dict(state["overrides"])
+        self._globals = dict(state["globals"])
+        self._in_file = state["in_file"]
+        self._mtime = state["mtime"]
+        self.ended = state["ended"]
+        self.members = state["members"]
 
     # --- headers ---------------------------------------------------------------------------
 

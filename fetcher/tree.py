@@ -7,10 +7,13 @@ targets are checked before the link exists, so nothing the archive creates point
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import stat
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from fetcher.errors import FetchError, OutOfDisk, UnsafeArchive
 
@@ -64,11 +67,17 @@ class SafeTree:
         self._max_bytes = max_bytes
         self.bytes_written = 0
         self.files_written = 0
-        self._regular_files: set[tuple[str, ...]] = set()
         self._dir_modes: dict[tuple[str, ...], tuple[int, float | None]] = {}
         self._parent_cache: tuple[tuple[str, ...], int] | None = None
         self._file_fd: int | None = None
         self._file_member = ""
+        self._file_mode = 0
+        self._file_parts: tuple[str, ...] = ()
+        self._file_offset = 0
+        # Files a resumed run finds complete on disk: their content is read past, not rewritten.
+        self._already_complete: dict[str, int] = {}
+        self._skipping = False
+        self.completed: list[tuple[str, int]] = []  # files finished since the last checkpoint
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -130,26 +139,43 @@ class SafeTree:
         parts = member_parts(member)
         self.check_cap(size, member)
         parent_fd = self._open_parent(member, parts)
+        self._file_member = member
+        self._file_mode = mode & _PERMISSION_BITS
+        self._file_parts = parts
+        self._file_offset = 0
+        key = "/".join(parts)
+        if self._already_complete.get(key, -1) == size and _is_regular_of_size(
+            parent_fd, parts[-1], size
+        ):
+            self._skipping = True
+            return
         try:
             self._clear(member, parent_fd, parts[-1])
             self._file_fd = os.open(parts[-1], _NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
         except OSError as error:
             raise _translate(error, member) from None
-        self._file_member = member
-        self._file_mode = mode & _PERMISSION_BITS
-        self._file_parts = parts
 
     def write(self, data: memoryview) -> None:
+        if self._skipping:
+            self.bytes_written += len(data)
+            self._file_offset += len(data)
+            return
         assert self._file_fd is not None
         try:
             while data:
                 written = os.write(self._file_fd, data)
                 data = data[written:]
                 self.bytes_written += written
+                self._file_offset += written
         except OSError as error:
             raise _translate(error, self._file_member) from None
 
     def end_file(self, mtime: float | None) -> None:
+        self.files_written += 1
+        self.completed.append(("/".join(self._file_parts), self._file_offset))
+        if self._skipping:
+            self._skipping = False
+            return
         assert self._file_fd is not None
         try:
             os.fchmod(self._file_fd, self._file_mode)
@@ -158,8 +184,6 @@ class SafeTree:
         finally:
             os.close(self._file_fd)
             self._file_fd = None
-        self.files_written += 1
-        self._regular_files.add(self._file_parts)
 
     def make_dir(self, member: str, mode: int, mtime: float | None) -> None:
         parts = member_parts(member, allow_root=True)
@@ -188,11 +212,14 @@ class SafeTree:
     def make_hardlink(self, member: str, target: str) -> None:
         parts = member_parts(member)
         target_parts = member_parts(target)
-        if target_parts not in self._regular_files:
+        target_fd = os.dup(self._open_parent(target, target_parts))
+        # The staging tree holds only what this archive created, so a regular file found there
+        # is one extracted earlier.
+        if not _is_regular_of_size(target_fd, target_parts[-1], None):
+            os.close(target_fd)
             raise UnsafeArchive(
                 member, f"the hard link target {target!r} is not a regular file extracted earlier"
             )
-        target_fd = os.dup(self._open_parent(target, target_parts))
         try:
             parent_fd = self._open_parent(member, parts)
             self._clear(member, parent_fd, parts[-1])
@@ -207,8 +234,56 @@ class SafeTree:
             raise _translate(error, member) from None
         finally:
             os.close(target_fd)
-        self._regular_files.add(parts)
         self.files_written += 1
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What a later run needs to carry on from here, files already flushed to disk."""
+        open_file = None
+        if self._file_fd is not None or self._skipping:
+            open_file = {
+                "parts": list(self._file_parts),
+                "mode": self._file_mode,
+                "offset": self._file_offset,
+                "skipping": self._skipping,
+            }
+        return {
+            "bytes_written": self.bytes_written,
+            "files_written": self.files_written,
+            "dir_modes": [
+                [list(parts), mode, mtime] for parts, (mode, mtime) in self._dir_modes.items()
+            ],
+            "open_file": open_file,
+        }
+
+    def restore(self, state: dict[str, Any], already_complete: dict[str, int]) -> None:
+        self.bytes_written = state["bytes_written"]
+        self.files_written = state["files_written"]
+        self._dir_modes = {tuple(parts): (mode, mtime) for parts, mode, mtime in state["dir_modes"]}
+        self._already_complete = already_complete
+        open_file = state["open_file"]
+        if open_file is None:
+            return
+        parts = tuple(open_file["parts"])
+        member = "/".join(parts)
+        self._file_parts, self._file_member = parts, member
+        self._file_mode, self._file_offset = open_file["mode"], open_file["offset"]
+        self._skipping = open_file["skipping"]
+        if self._skipping:
+            return
+        parent_fd = self._open_parent(member, member_parts(member))
+        try:
+            fd = os.open(parts[-1], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        except OSError as error:
+            raise FetchError(f"cannot reopen {member!r} to resume: {error.strerror}") from None
+        os.ftruncate(fd, self._file_offset)  # bytes past the checkpoint are written again
+        os.lseek(fd, self._file_offset, os.SEEK_SET)
+        self._file_fd = fd
+
+    def sync(self) -> None:
+        """Flush every file written so far to stable storage (one syncfs for the volume)."""
+        sync_filesystem(self._root_fd)
 
     # --- end -----------------------------------------------------------------------------
 
@@ -240,6 +315,22 @@ class SafeTree:
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
+
+
+def _is_regular_of_size(dir_fd: int, name: str, size: int | None) -> bool:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(info.st_mode) and (size is None or info.st_size == size)
+
+
+def sync_filesystem(fd: int) -> None:
+    """syncfs(2) on the filesystem holding fd; os.sync() where libc lacks it."""
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
+    if libc is None or libc.syncfs(fd) != 0:
+        os.sync()
 
 
 def _translate(error: OSError, member: str) -> FetchError:

@@ -1,0 +1,113 @@
+"""The checkpoint: enough to carry on after kill -9 exactly where the last one was taken.
+
+It is one JSON document written atomically (temp file, fsync, rename) after every file it
+mentions has been flushed to disk. A checkpoint of an unknown version, or one that does not
+parse, is reported and ignored: the fetch starts over rather than guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fetcher.marker import write_atomically
+
+log = logging.getLogger("model-fetch")
+
+CHECKPOINT_NAME = "checkpoint.json"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    # What was asked for: a different command line never resumes this state.
+    request: dict[str, Any]
+    # What the origin served: a changed file never resumes this state.
+    length: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    # Full state of every stage at one stream position, or None for "from byte 0".
+    restore: dict[str, Any] | None = None
+    # Files finished and flushed after that position (single-frame streams resume from 0
+    # and read past these instead of writing them again).
+    completed: list[tuple[str, int]] = field(default_factory=list)
+    # Byte ranges of the archive held in the part file, for parallel downloads.
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+    fetched_bytes: int = 0
+    version: int = VERSION
+
+    @property
+    def position(self) -> int:
+        return self.restore["position"] if self.restore else 0
+
+
+def load_checkpoint(path: Path) -> tuple[Checkpoint | None, str]:
+    """The checkpoint at path, or None and why it cannot be used."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "no checkpoint"
+    except (OSError, ValueError) as error:
+        return None, f"the checkpoint is unreadable ({error})"
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        return None, f"the checkpoint has an unknown version {data.get('version')!r}"
+    try:
+        checkpoint = Checkpoint(**data)
+    except TypeError as error:
+        return None, f"the checkpoint is malformed ({error})"
+    checkpoint.completed = [(str(name), int(size)) for name, size in checkpoint.completed]
+    checkpoint.chunks = [(int(start), int(end)) for start, end in checkpoint.chunks]
+    return checkpoint, ""
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    write_atomically(path, json.dumps(asdict(checkpoint), separators=(",", ":")).encode())
+
+
+class Checkpointer:
+    """Decides when to take a checkpoint and takes it: flush the tree, then write atomically."""
+
+    def __init__(
+        self,
+        path: Path,
+        checkpoint: Checkpoint,
+        *,
+        interval: float,
+        flush: Callable[[], None],
+    ) -> None:
+        self.path = path
+        self.checkpoint = checkpoint
+        self._interval = interval
+        self._flush = flush
+        self._due = time.monotonic() + interval
+        self.saved = 0
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
+    def save_full(self, state: dict[str, Any], fetched: int, chunks: list[tuple[int, int]]) -> None:
+        """All stages restorable at state['position']: forget the completed-files list."""
+        self.checkpoint.restore = state
+        self.checkpoint.completed = []
+        self._write(fetched, chunks)
+
+    def save_progress(
+        self, completed: list[tuple[str, int]], fetched: int, chunks: list[tuple[int, int]]
+    ) -> None:
+        """Not at a restorable point: keep the last full state, record newly finished files."""
+        self.checkpoint.completed.extend(completed)
+        self._write(fetched, chunks)
+
+    def _write(self, fetched: int, chunks: list[tuple[int, int]]) -> None:
+        self.checkpoint.fetched_bytes = fetched
+        self.checkpoint.chunks = chunks
+        self._flush()  # the files the checkpoint vouches for reach the disk first
+        save_checkpoint(self.path, self.checkpoint)
+        self.saved += 1
+        self._due = time.monotonic() + self._interval

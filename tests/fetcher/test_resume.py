@@ -1,0 +1,105 @@
+"""kill -9 at seeded random moments, restart until done: the result is as if never killed."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fetcher.conftest import sha256
+from tests.support.archives import Tree, make_tree, py_archive, tree_snapshot, write_tree
+from tests.support.origin import Faults, Origin
+
+KILLS = 20
+RATE = 2_000_000  # bytes/s: slow enough that every kill lands mid-download
+BUFFER = 2 << 20
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    archive: bytes
+    expected: Tree | bytes
+    resumable: bool  # False: only byte 0 is a restart point (one zstd frame)
+
+
+def _cases() -> list[Case]:
+    tree = make_tree(seed=11, n_files=40, total_bytes=9_000_000)
+    raw = random.Random(5).randbytes(8_000_000)
+    return [
+        Case("raw file", raw, raw, True),
+        Case("tar", py_archive(tree, "none"), tree, True),
+        Case("multi-frame tar.zst", py_archive(tree, "zst", parts=16), tree, True),
+        Case("multi-member tar.gz", py_archive(tree, "gz", parts=16), tree, True),
+        Case("single-frame tar.zst", py_archive(tree, "zst"), tree, False),
+    ]
+
+
+CASES = _cases()
+
+
+def _command(url: str, out: Path, digest: str, extra: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "fetcher", url, "-o", str(out), "--sha256", digest,
+        "--max-disk-buffer", str(BUFFER),
+        "--checkpoint-interval", "0.1", "--retry-wait", "0.05", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("connections", ["1"])
+def test_sigkill_at_random_moments_then_restart_until_done(
+    tmp_path: Path, case: Case, connections: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chooser = random.Random(f"{case.name}/{connections}")
+    digest = sha256(case.archive)
+    out = tmp_path / "out"
+    extra = ["--connections", connections]
+    if case.name == "raw file":
+        extra += ["--format", "none"]
+    kills = 0
+    logs: list[str] = []
+    with Origin() as origin:
+        # The origin paces itself: with a client-side cap the kernel's socket buffers would
+        # fill with megabytes that each kill throws away, hiding what the fetcher re-requests.
+        origin.add("/model", case.archive, faults=Faults(drip_bytes_per_s=RATE))
+        command = _command(origin.url("/model"), out, digest, extra)
+        while kills < KILLS:
+            process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+            time.sleep(chooser.uniform(0.25, 0.7))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+            logs.append(process.communicate()[1])
+            assert process.returncode in (0, -signal.SIGKILL), logs[-1]
+            if process.returncode == 0:
+                break
+        final = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        logs.append(final.stderr)
+        fetched = origin.bytes_sent("/model")
+    assert final.returncode == 0, final.stderr
+    assert f"sha256 {digest} verified" in "".join(logs)
+    if isinstance(case.expected, bytes):
+        assert (out / "model").read_bytes() == case.expected
+    else:
+        snapshot = tree_snapshot(out)
+        snapshot.pop(".model-fetch.json")
+        assert snapshot == tree_snapshot(write_tree(case.expected, tmp_path / "expected"))
+    assert not (out / ".model-fetch").exists()
+    window = BUFFER
+    with capsys.disabled():
+        print(
+            f"\n  {case.name}, {connections} connection(s): {kills} kills, "
+            f"{fetched:,} bytes fetched for a {len(case.archive):,}-byte archive "
+            f"({fetched / len(case.archive):.2f}x)"
+        )
+    if case.resumable:
+        assert fetched <= len(case.archive) + kills * window
+    else:
+        assert "can only restart at byte 0" in "".join(logs)
