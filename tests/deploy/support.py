@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,6 +33,24 @@ def load_certs_tool() -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int
+    stderr: str
+
+
+def call_certs(tool: ModuleType, *args: str) -> Outcome:
+    """certs.py's main() in this process: the same code path as the script, without a start-up."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            code = tool.main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    assert isinstance(code, int)
+    return Outcome(code, stderr.getvalue())
 
 
 def kubectl() -> str:
