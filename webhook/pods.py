@@ -40,7 +40,7 @@ def read_pod(obj: object, where: str = "object") -> Pod:
 
 
 def annotations_of(pod: Pod) -> dict[str, str]:
-    return pod.get("metadata", {}).get("annotations") or {}
+    return (pod.get("metadata") or {}).get("annotations") or {}
 
 
 def containers_of(pod: Pod, field: str = "containers") -> list[Container]:

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the admission endpoints, each set in its own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class WebhookMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "model_injector_admission_requests",
+            "Admission requests by endpoint and result",
+            ["endpoint", "result"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "model_injector_admission_duration_seconds",
+            "Time to answer an admission request, body parsing included",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.injections = Counter(
+            "model_injector_injections",
+            "Pods that got models injected (dry runs excluded), by namespace",
+            ["namespace"],
+            registry=self.registry,
+        )
+
+    def observe(self, endpoint: str, result: str, seconds: float) -> None:
+        self.requests.labels(endpoint, result).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def injected(self, namespace: str) -> None:
+        self.injections.labels(namespace).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
