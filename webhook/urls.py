@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from webhook.errors import invalid_value
 from webhook.settings import Settings
 
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
 
 def url_problem(key: str, url: str, settings: Settings) -> str | None:  # noqa: PLR0911
     """Why `url` (the value of annotation `key`) is refused, or None when it is acceptable."""
     schemes = " or ".join(f"{scheme}://" for scheme in settings.allowed_schemes)
-    if not url.isprintable() or any(char.isspace() for char in url):
+    if _SPACE_OR_CONTROL.search(url) or not url.isprintable():
         return invalid_value(key, url, "a URL without spaces or control characters")
     try:
         parts = urlsplit(url)
