@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +117,17 @@ for _n in (2, 4):
 def _curl_pipe(ctx: RunContext) -> list[str]:
     url, out = shlex.quote(ctx.url), shlex.quote(str(ctx.out))
     return shell(f"curl -sSf {url} | zstd -d -q | tar -x -C {out}")
+
+
+@method(
+    "curl-pipe-sync",
+    "curl -s URL | zstd -d | tar -x -C DIR && sync -f DIR",
+    tools=("curl", "zstd", "tar", "sync"),
+)
+def _curl_pipe_sync(ctx: RunContext) -> list[str]:
+    """The pipeline made as durable as model-fetch, which flushes the tree before its marker."""
+    url, out = shlex.quote(ctx.url), shlex.quote(str(ctx.out))
+    return shell(f"curl -sSf {url} | zstd -d -q | tar -x -C {out} && sync -f {out}")
 
 
 @method(
@@ -272,6 +285,55 @@ def run_one(
     )
 
 
+# profile
+
+
+def profile(m: Method, url: str, dataset: _dataset.Dataset, rate: int = 200) -> Path:
+    """One extra, untimed run of ``m`` under py-spy; returns the collapsed-stack file."""
+    py_spy = shutil.which("py-spy") or shutil.which(str(VENV_BIN / "py-spy"))
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    base = WORK / "profile" / m.name
+    shutil.rmtree(base, ignore_errors=True)
+    (base / "out").mkdir(parents=True)
+    (base / "scratch").mkdir()
+    ctx = RunContext(url, dataset.sha256, base / "out", base / "scratch", dataset.archive.name)
+    raw = base / "stacks.txt"
+    argv = [py_spy, "record", "--format", "raw", "--threads", "--rate", str(rate)]
+    argv += ["-o", str(raw), "--", *m.build(ctx)]
+    os.sync()
+    with (base / "log.txt").open("wb") as log:
+        subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=True)
+    shutil.rmtree(base / "out")
+    return raw
+
+
+def profile_summary(raw: Path, rate: int = 200, top: int = 12) -> str:
+    """CPU seconds per thread, then the leaf functions where the samples landed.
+
+    py-spy samples Python stacks only: time inside a C extension or a system call (zstd,
+    OpenSSL, ``os.write``) is charged to the Python function that called it.
+    """
+    per_thread: Counter[str] = Counter()
+    leaf: Counter[tuple[str, str]] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        head, *frames = stack.split(";")
+        thread = head.split(": ", 1)[-1]
+        thread = re.sub(r"-\d+$", "-N", thread)  # pool threads, summed
+        per_thread[thread] += int(count)
+        if frames:
+            leaf[(thread, re.sub(r":\d+\)$", ")", frames[-1]))] += int(count)
+    total = sum(per_thread.values()) or 1
+    lines = ["| thread | CPU (s) |", "|---|---:|"]
+    lines += [f"| {t} | {n / rate:.1f} |" for t, n in per_thread.most_common()]
+    lines += ["", "| thread | function (self) | % of samples |", "|---|---|---:|"]
+    lines += [
+        f"| {t} | `{name}` | {n / total * 100:.1f} |" for (t, name), n in leaf.most_common(top)
+    ]
+    return "\n".join(lines)
+
+
 # report
 
 
@@ -318,6 +380,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="nginx limit_rate per connection, e.g. 50m (default: unthrottled)",
     )
     parser.add_argument("--seed", type=int, default=1, help="content seed (default 1)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="afterwards, run each model-fetch method once more under py-spy and summarise",
+    )
     args = parser.parse_args(argv)
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.method_list if m not in METHODS]
@@ -337,6 +404,22 @@ def check_tools(methods: list[str]) -> None:
         probe = subprocess.run([str(MODEL_FETCH), "--help"], capture_output=True, check=False)
         if probe.returncode != 0:
             raise SystemExit(f"{MODEL_FETCH} --help fails; run make venv first")
+
+
+def _revision() -> str:
+    """The commit measured, and whether the fetcher had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None:
+        return "revision unknown"
+    dirty = git("status", "--porcelain", "--", "fetcher")
+    return f"commit {head}, " + ("uncommitted fetcher changes" if dirty else "clean fetcher")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,13 +454,22 @@ def main(argv: list[str] | None = None) -> int:
                     f"cpu {r.cpu_s:.1f} s, {verdict}",
                     flush=True,
                 )
+        raws: dict[str, Path] = {}
+        if args.profile:
+            for name in args.method_list:
+                if str(MODEL_FETCH) in METHODS[name].tools:
+                    raws[name] = profile(METHODS[name], url, dataset)
     print()
+    print(f"{_revision()}")
     print(
         f"{args.size_gib:g} GiB of content, {dataset.archive_bytes / 2**20:.0f} MiB tar.zst, "
         f"{args.runs} run(s), nginx limit_rate {args.limit_rate or 'off'}, {os.cpu_count()} CPUs"
     )
     print()
     print(table(results, args.method_list))
+    for name, raw in raws.items():
+        print(f"\npy-spy profile of {name} ({raw}):\n")
+        print(profile_summary(raw))
     return 0 if all(r.ok for r in results) else 1
 
 
