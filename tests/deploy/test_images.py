@@ -232,7 +232,7 @@ def excluded(path: str) -> bool:
 
 
 def copied_sources() -> set[str]:
-    sources = set()
+    sources: set[str] = set()
     for dockerfile in IMAGES:
         for stage in stages(ROOT / dockerfile):
             for arguments in stage.all("COPY"):

@@ -52,7 +52,7 @@ RESOURCE_KINDS = {("", "pods"): "Pod", **WORKLOAD_RESOURCES}
 
 
 def webhooks(objects: list[Manifest]) -> list[tuple[str, dict[str, Any]]]:
-    found = []
+    found: list[tuple[str, dict[str, Any]]] = []
     for obj in objects:
         if obj["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
             found.extend((obj["kind"], hook) for hook in obj["webhooks"])

@@ -1,0 +1,260 @@
+"""The whole system in a kind cluster: admission, the fetch, restarts, refusals, webhook outages.
+
+Needs Docker and kind (`make e2e-kind`); see conftest.py for the cluster and its options.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from fetcher.marker import MARKER_NAME
+from tests.e2e.cluster import FETCHER_IMAGE, WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, Kube, Manifest
+from tests.e2e.objects import (
+    DIGEST_TREE,
+    MODELS_NAMESPACE,
+    OPTED_OUT_NAMESPACE,
+    PREFIX,
+    Model,
+    bare_pod,
+    claim,
+    cronjob,
+    deployment,
+    model_annotations,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+MOUNT = "/models"
+
+
+def model_pods(kube: Kube, name: str, count: int) -> list[Manifest]:
+    return kube.wait_ready(MODELS_NAMESPACE, f"app={name}", count)
+
+
+def assert_model_in(kube: Kube, pod: Manifest, model: Model) -> None:
+    """What the app container sees: every file, byte for byte, read-only, and the marker."""
+    name = pod["metadata"]["name"]
+    assert pod["metadata"]["annotations"][f"{PREFIX}/status"] == "injected"
+    (fetch,) = [c for c in pod["spec"]["initContainers"] if c["name"] == "model-fetch"]
+    assert fetch["image"] == FETCHER_IMAGE
+
+    listing = kube.exec(MODELS_NAMESPACE, name, "app", "python", "-c", DIGEST_TREE, MOUNT)
+    assert listing.returncode == 0, listing.stderr
+    digests: dict[str, str] = json.loads(listing.stdout)
+    assert {path: digests.get(path) for path in model.files} == model.file_digests()
+    assert set(digests) - set(model.files) == {MARKER_NAME}
+
+    marker = kube.exec(MODELS_NAMESPACE, name, "app", "cat", f"{MOUNT}/{MARKER_NAME}")
+    assert json.loads(marker.stdout)["sha256"] == model.sha256
+
+    write = kube.exec(MODELS_NAMESPACE, name, "app", "touch", f"{MOUNT}/written-by-app")
+    assert write.returncode != 0
+    assert "Read-only file system" in write.stderr
+
+
+def fetch_log(kube: Kube, pod: Manifest) -> str:
+    return kube.logs(MODELS_NAMESPACE, pod["metadata"]["name"], "model-fetch")
+
+
+def delete_pod(kube: Kube, namespace: str, pod: Manifest) -> None:
+    kube.run("delete", "pod", "-n", namespace, pod["metadata"]["name"], "--wait=true", timeout=120)
+
+
+# --- the model arrives -----------------------------------------------------------------------
+
+
+def test_an_annotated_deployment_starts_with_its_model(kube: Kube, model: Model) -> None:
+    kube.apply(deployment("llm", model_annotations(model)))
+    (pod,) = model_pods(kube, "llm", 1)
+    assert_model_in(kube, pod, model)
+    assert "already complete" not in fetch_log(kube, pod)
+
+
+def test_a_second_replica_gets_the_model_too(kube: Kube, model: Model) -> None:
+    kube.apply(deployment("llm", model_annotations(model)))
+    model_pods(kube, "llm", 1)
+    kube.run("scale", "-n", MODELS_NAMESPACE, "deployment/llm", "--replicas=2")
+    pods = model_pods(kube, "llm", 2)
+    for pod in pods:
+        assert_model_in(kube, pod, model)
+
+
+def test_a_replaced_pod_fetches_the_model_again(kube: Kube, model: Model) -> None:
+    kube.apply(deployment("llm-restart", model_annotations(model)))
+    (first,) = model_pods(kube, "llm-restart", 1)
+    delete_pod(kube, MODELS_NAMESPACE, first)
+    (second,) = model_pods(kube, "llm-restart", 1)
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert_model_in(kube, second, model)
+
+
+def test_with_a_pvc_a_restart_does_not_download_again(kube: Kube, model: Model) -> None:
+    kube.apply(claim("model-cache"))
+    kube.apply(
+        deployment("llm-pvc", model_annotations(model, volume="pvc", pvc_name="model-cache"))
+    )
+    (first,) = model_pods(kube, "llm-pvc", 1)
+    assert "persistentVolumeClaim" in str(first["spec"]["volumes"])
+    assert_model_in(kube, first, model)
+    assert "already complete" not in fetch_log(kube, first)
+
+    delete_pod(kube, MODELS_NAMESPACE, first)
+    (second,) = model_pods(kube, "llm-pvc", 1)
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert "already complete" in fetch_log(kube, second)
+    assert_model_in(kube, second, model)
+
+
+# --- refusals and reach ----------------------------------------------------------------------
+
+
+def test_a_bad_annotation_is_refused_at_apply_with_the_webhooks_message(
+    kube: Kube, model: Model
+) -> None:
+    bad = model_annotations(model, sha256="not-a-digest")
+    result = kube.apply(deployment("llm-bad", bad), check=False)
+    assert result.returncode != 0
+    assert 'admission webhook "validate.workloads.models.example.com" denied' in result.stderr
+    assert f"{PREFIX}/sha256" in result.stderr
+    assert "not-a-digest" in result.stderr
+    missing = kube.run("get", "deployment", "-n", MODELS_NAMESPACE, "llm-bad", check=False)
+    assert "NotFound" in missing.stderr
+
+    # A CronJob's template sits deeper and has its own registration.
+    result = kube.apply(cronjob("nightly-bad", bad), check=False)
+    assert result.returncode != 0
+    assert 'admission webhook "validate.cronjobs.models.example.com" denied' in result.stderr
+    assert "not-a-digest" in result.stderr
+
+    # And a bare pod is refused by the mutating webhook itself.
+    refused = kube.dry_run_create(bare_pod("bad-", MODELS_NAMESPACE, bad))
+    assert refused.returncode != 0
+    assert 'admission webhook "inject.pods.models.example.com" denied' in refused.stderr
+
+
+def test_only_annotated_pods_in_ordinary_namespaces_depend_on_the_webhook(
+    kube: Kube, model: Model
+) -> None:
+    """With the webhook scaled to zero: failurePolicy Fail refuses annotated pods, and nothing
+    else notices, because matchConditions and namespaceSelector keep the call from happening."""
+    plain = bare_pod("plain-", MODELS_NAMESPACE, {"team": "search"})
+    annotated = bare_pod("annotated-", MODELS_NAMESPACE, model_annotations(model))
+    opted_out = bare_pod("opted-out-", OPTED_OUT_NAMESPACE, model_annotations(model))
+
+    kube.run("scale", "-n", WEBHOOK_NAMESPACE, "deployment/model-injector", "--replicas=0")
+    try:
+        kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 0)
+        endpoints_gone(kube)
+        refused = kube.dry_run_create(annotated)
+        assert refused.returncode != 0
+        assert "failed calling webhook" in refused.stderr
+        for pod in (plain, opted_out):
+            created = kube.dry_run_create(pod)
+            assert created.returncode == 0, created.stderr
+            assert "initContainers" not in json.loads(created.stdout)["spec"]
+    finally:
+        kube.run("scale", "-n", WEBHOOK_NAMESPACE, "deployment/model-injector", "--replicas=2")
+        kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
+
+    injected = kube.dry_run_create(annotated)
+    assert injected.returncode == 0, injected.stderr
+    init = json.loads(injected.stdout)["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["model-fetch"]
+
+
+def endpoints_gone(kube: Kube, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        slices = kube.get(
+            "endpointslices", "-n", WEBHOOK_NAMESPACE,
+            "-l", "kubernetes.io/service-name=model-injector",
+        )["items"]  # fmt: skip
+        if not any(slice_.get("endpoints") for slice_ in slices):
+            return
+        time.sleep(1)
+    raise AssertionError("the webhook Service still has endpoints with no pods")
+
+
+# --- availability ----------------------------------------------------------------------------
+
+
+class Admissions:
+    """Creates annotated pods (server-side dry run: admitted, injected, not stored) in a loop."""
+
+    def __init__(self, kube: Kube, model: Model) -> None:
+        self.kube = kube
+        self.pod = bare_pod("availability-", MODELS_NAMESPACE, model_annotations(model))
+        self.admitted = 0
+        self.refusals: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Admissions:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = self.kube.dry_run_create(self.pod)
+            except subprocess.TimeoutExpired as error:
+                self.refusals.append(f"no answer: {error}")
+                continue
+            if result.returncode != 0:
+                self.refusals.append(result.stderr.strip())
+                continue
+            created: dict[str, Any] = json.loads(result.stdout)
+            names = [c["name"] for c in created["spec"].get("initContainers", [])]
+            if names != ["model-fetch"]:
+                self.refusals.append(f"admitted without injection: {names}")
+                continue
+            self.admitted += 1
+
+
+def evict(kube: Kube, pod: Manifest) -> tuple[bool, str]:
+    name = pod["metadata"]["name"]
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": WEBHOOK_NAMESPACE},
+    }
+    result = kube.run(
+        "create", "--raw", f"/api/v1/namespaces/{WEBHOOK_NAMESPACE}/pods/{name}/eviction",
+        "-f", "-", input_text=json.dumps(eviction), check=False,
+    )  # fmt: skip
+    return result.returncode == 0, result.stderr
+
+
+def test_webhook_pods_go_one_at_a_time_without_refusing_a_pod(kube: Kube, model: Model) -> None:
+    first, second = kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
+    with Admissions(kube, model) as admissions:
+        time.sleep(3)
+        evicted, message = evict(kube, first)
+        assert evicted, message
+        # The budget allows one disruption: with the first pod leaving, the second must stay.
+        evicted, message = evict(kube, second)
+        assert not evicted
+        assert "disruption budget" in message
+        kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
+
+        evicted, message = evict(kube, second)
+        assert evicted, message
+        kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
+
+        # A plain delete (no eviction API) takes the same graceful path.
+        third, _ = kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
+        delete_pod(kube, WEBHOOK_NAMESPACE, third)
+        kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
+        time.sleep(3)
+    assert admissions.refusals == []
+    assert admissions.admitted >= 20
