@@ -32,6 +32,8 @@ bench: venv
 	$(PY) bench/fetch.py
 	$(PY) bench/webhook.py
 
+# Needs Docker, kind and kubectl: builds both images, deploys the kind overlay into a throwaway
+# cluster (E2E_KIND_KEEP=1 keeps it) and runs tests/e2e; without Docker or kind they skip.
 e2e-kind: venv
 	$(PY) -m pytest tests/e2e -m e2e -v
 
