@@ -104,7 +104,7 @@ method(
     leaves=frozenset({MARKER}),
 )(_model_fetch())
 
-for _n in (2, 4):
+for _n in (1, 2, 4):
     method(
         f"model-fetch-c{_n}",
         f"model-fetch URL --sha256 HEX -o DIR --connections {_n}",
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         limit_rate=args.limit_rate,
     )
     results: list[Result] = []
+    run_lines: list[str] = []
     with _nginx.Nginx(binary, config).start(probe_path=f"/{dataset.archive.name}") as nginx:
         url = nginx.url(dataset.archive.name)
         print(
@@ -448,28 +449,36 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results.append(r)
                 verdict = "ok" if r.ok else "FAILED: " + "; ".join(r.problems[:5])
-                print(
+                run_lines.append(
                     f"run {run} {name}: {r.wall_s:.2f} s, {r.mb_per_s:.0f} MB/s, "
                     f"rss {r.peak_rss / 2**20:.0f} MiB, disk {r.peak_disk / 2**30:.2f} GiB, "
-                    f"cpu {r.cpu_s:.1f} s, {verdict}",
-                    flush=True,
+                    f"cpu {r.cpu_s:.1f} s, {verdict}"
                 )
+                print(run_lines[-1], flush=True)
         raws: dict[str, Path] = {}
         if args.profile:
             for name in args.method_list:
                 if str(MODEL_FETCH) in METHODS[name].tools:
                     raws[name] = profile(METHODS[name], url, dataset)
-    print()
-    print(f"{_revision()}")
-    print(
+    report = [
+        _revision(),
         f"{args.size_gib:g} GiB of content, {dataset.archive_bytes / 2**20:.0f} MiB tar.zst, "
-        f"{args.runs} run(s), nginx limit_rate {args.limit_rate or 'off'}, {os.cpu_count()} CPUs"
-    )
-    print()
-    print(table(results, args.method_list))
+        f"{args.runs} run(s), nginx limit_rate {args.limit_rate or 'off'}, "
+        f"{os.cpu_count()} CPUs",
+        "",
+        table(results, args.method_list),
+        "",
+        "```",
+        *run_lines,
+        "```",
+    ]
     for name, raw in raws.items():
-        print(f"\npy-spy profile of {name} ({raw}):\n")
-        print(profile_summary(raw))
+        report += ["", f"py-spy profile of {name} ({raw}):", "", profile_summary(raw)]
+    text = "\n".join(report)
+    (WORK / "last-report.md").write_text(text + "\n")
+    print()
+    print(text)
+    print(f"\n(also written to {WORK / 'last-report.md'})")
     return 0 if all(r.ok for r in results) else 1
 
 
