@@ -78,33 +78,41 @@ class Checkpointer:
         checkpoint: Checkpoint,
         *,
         interval: float,
+        every_bytes: int,
         flush: Callable[[], None],
     ) -> None:
         self.path = path
         self.checkpoint = checkpoint
         self._interval = interval
+        self._every_bytes = every_bytes
         self._flush = flush
         self._due = time.monotonic() + interval
+        self._last_position = checkpoint.position
         self.saved = 0
 
-    @property
-    def due(self) -> bool:
-        return time.monotonic() >= self._due
+    def due(self, position: int) -> bool:
+        """Every few seconds, or sooner when the window behind the last one fills up."""
+        return time.monotonic() >= self._due or position - self._last_position >= self._every_bytes
 
     def save_full(self, state: dict[str, Any], fetched: int, chunks: list[tuple[int, int]]) -> None:
         """All stages restorable at state['position']: forget the completed-files list."""
         self.checkpoint.restore = state
         self.checkpoint.completed = []
-        self._write(fetched, chunks)
+        self._write(fetched, chunks, state["position"])
 
     def save_progress(
-        self, completed: list[tuple[str, int]], fetched: int, chunks: list[tuple[int, int]]
+        self,
+        completed: list[tuple[str, int]],
+        fetched: int,
+        chunks: list[tuple[int, int]],
+        position: int,
     ) -> None:
         """Not at a restorable point: keep the last full state, record newly finished files."""
         self.checkpoint.completed.extend(completed)
-        self._write(fetched, chunks)
+        self._write(fetched, chunks, position)
 
-    def _write(self, fetched: int, chunks: list[tuple[int, int]]) -> None:
+    def _write(self, fetched: int, chunks: list[tuple[int, int]], position: int) -> None:
+        self._last_position = position
         self.checkpoint.fetched_bytes = fetched
         self.checkpoint.chunks = chunks
         self._flush()  # the files the checkpoint vouches for reach the disk first

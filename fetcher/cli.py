@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -16,8 +17,8 @@ from fetcher.errors import FetchError, UsageError
 from fetcher.fetch import FetchRequest, StopRequest, fetch
 from fetcher.formats import FORMAT_CHOICES, parse_format
 from fetcher.logs import configure
-from fetcher.origins import RetryPolicy
 from fetcher.progress import Progress
+from fetcher.responses import RetryPolicy
 from fetcher.units import parse_rate, parse_size
 from fetcher.urls import validate_url
 
@@ -117,8 +118,6 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
     if args.ca_bundle and not args.ca_bundle.is_file():
         raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
     compression, layout = parse_format(args.format)
-    parse_size(args.chunk_size, what="--chunk-size")
-    parse_size(args.max_disk_buffer, what="--max-disk-buffer")
     return FetchRequest(
         url=args.url,
         mirrors=list(args.mirror),
@@ -142,6 +141,9 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
         authorization=read_authorization(args.auth_from) if args.auth_from else None,
         ca_bundle=args.ca_bundle,
         checkpoint_interval=args.checkpoint_interval,
+        connections=args.connections,
+        chunk_size=parse_size(args.chunk_size, what="--chunk-size"),
+        max_disk_buffer=parse_size(args.max_disk_buffer, what="--max-disk-buffer"),
     )
 
 
@@ -167,6 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FetchError as error:
         _report(log, error.line(), args.log_format)
         return error.exit_code
+    except Exception as error:  # a bug: keep the traceback for the report, end with one line
+        traceback.print_exc()
+        _report(
+            log,
+            f"internal error ({type(error).__name__}: {error}); this is a bug in model-fetch, "
+            "please report it with the output above",
+            args.log_format,
+        )
+        return 1
     return 0
 
 

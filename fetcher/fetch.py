@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -9,10 +10,10 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import certifi
 import httpx
@@ -32,12 +33,17 @@ from fetcher.marker import (
     read_marker,
     remove_marker,
     url_fingerprint,
+    write_atomically,
     write_marker,
 )
-from fetcher.origins import Identity, MirroredStream, RetryPolicy, StartOver
+from fetcher.origins import MirroredStream, StartOver, StreamStats
+from fetcher.parallel import ParallelDownload, Probe, SourceChanged, probe
+from fetcher.partfile import PartFile
 from fetcher.pipeline import Pass
 from fetcher.progress import Progress
+from fetcher.ranges import RangeSet
 from fetcher.ratelimit import RateLimiter, TokenBucket, Unlimited
+from fetcher.responses import Identity, RetryPolicy
 from fetcher.tree import sync_filesystem
 from fetcher.units import human_bytes
 from fetcher.urls import basename, redact
@@ -45,6 +51,7 @@ from fetcher.urls import basename, redact
 log = logging.getLogger("model-fetch")
 
 WORK_DIR_NAME = ".model-fetch"
+COMMIT_JOURNAL = "commit.json"
 _QUEUE_CHUNKS = 64  # read-ahead between the network thread and the decoder: ~4 MiB
 
 
@@ -65,6 +72,9 @@ class FetchRequest:
     ca_bundle: Path | None = None
     connect_timeout: float = 15.0
     checkpoint_interval: float = 2.0
+    connections: int = 4
+    chunk_size: int = 16 << 20
+    max_disk_buffer: int = 1 << 30
 
     @property
     def state_dir(self) -> Path:
@@ -111,6 +121,7 @@ class FetchResult:
 def fetch(request: FetchRequest, *, stop: StopRequest, progress: Progress) -> FetchResult:
     output = request.output
     output.mkdir(parents=True, exist_ok=True)
+    _finish_interrupted_commit(request)
     previous = read_marker(output)
     if previous and previous.satisfies(request.url, request.sha256):
         log.info(
@@ -122,8 +133,8 @@ def fetch(request: FetchRequest, *, stop: StopRequest, progress: Progress) -> Fe
         log.info("replacing %s (sha256 %s) with the new source", previous.source, previous.sha256)
         _remove_previous(output, previous)
 
-    request.state_dir.mkdir(parents=True, exist_ok=True)
     resume = _usable_checkpoint(request)
+    request.state_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     log.info(
         "fetching %s%s into %s",
@@ -132,7 +143,7 @@ def fetch(request: FetchRequest, *, stop: StopRequest, progress: Progress) -> Fe
         output,
     )
     try:
-        digest, current, requests = _download(request, resume, stop, progress)
+        digest, current, requests = _download_until_stable(request, resume, stop, progress)
     except (ChecksumMismatch, UnsafeArchive, CorruptArchive):
         _discard(request)  # starting over is the only cure; nothing half-made stays
         raise
@@ -140,10 +151,6 @@ def fetch(request: FetchRequest, *, stop: StopRequest, progress: Progress) -> Fe
         _discard(request)
         raise ChecksumMismatch(request.sha256, digest, current.bytes)
 
-    try:
-        entries = _commit(output, request.staging)
-    finally:
-        _discard(request)
     marker = Marker(
         source=redact(request.url),
         source_fingerprint=url_fingerprint(request.url),
@@ -152,12 +159,17 @@ def fetch(request: FetchRequest, *, stop: StopRequest, progress: Progress) -> Fe
         bytes=current.bytes,
         extracted_bytes=current.extracted_bytes,
         files=current.tree.files_written,
-        entries=entries,
+        entries=[],
         duration_seconds=round(time.monotonic() - started, 3),
         format=current.format_name(),
         completed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    write_marker(output, marker)
+    try:
+        _commit(output, marker)
+    except FetchError:
+        _discard(request)
+        raise
+    _discard(request)
     elapsed = max(marker.duration_seconds, 1e-3)
     log.info(
         "done: %d files, %s extracted from %s of %s in %.1fs (%.1f MB/s); sha256 %s %s",
@@ -208,6 +220,30 @@ def _usable_checkpoint(request: FetchRequest) -> Checkpoint | None:
     return checkpoint
 
 
+_SOURCE_CHANGES_TOLERATED = 2
+
+
+def _download_until_stable(
+    request: FetchRequest, resume: Checkpoint | None, stop: StopRequest, progress: Progress
+) -> tuple[str, Pass, int]:
+    """Download, starting over when an origin starts serving another file mid-way."""
+    for changes in range(_SOURCE_CHANGES_TOLERATED + 1):
+        try:
+            return _download(request, resume, stop, progress)
+        except SourceChanged as change:
+            if changes == _SOURCE_CHANGES_TOLERATED:
+                _discard(request)
+                raise FetchError(
+                    f"the source changed {changes + 1} times while being fetched ({change})",
+                    "publish the artifact under a new URL instead of overwriting it",
+                ) from None
+            log.warning("the source changed while being fetched (%s); starting over", change)
+            _discard(request)
+            request.state_dir.mkdir(parents=True, exist_ok=True)
+            resume = None
+    raise AssertionError("unreachable")
+
+
 def _download(
     request: FetchRequest,
     resume: Checkpoint | None,
@@ -217,24 +253,38 @@ def _download(
     limiter: RateLimiter = (
         TokenBucket(request.max_bandwidth) if request.max_bandwidth else Unlimited()
     )
-    checkpoint = resume or Checkpoint(request=request.identity())
-    known = Identity(checkpoint.length, checkpoint.etag, checkpoint.last_modified)
+    urls = [request.url, *request.mirrors]
     with _client(request) as client:
-        stream = MirroredStream(
-            [request.url, *request.mirrors],
+        probed = probe(urls, client) if request.connections > 1 else None
+        if resume and probed:
+            known = Identity(resume.length, resume.etag, resume.last_modified)
+            same, why = known.same_file(probed.identity, compare_validators=True)
+            if not same and probed.origin == 0:
+                log.info("the source changed since the checkpoint (%s); starting over", why)
+                _discard(request)
+                request.state_dir.mkdir(parents=True, exist_ok=True)
+                resume = None
+        checkpoint = resume or Checkpoint(request=request.identity())
+        source = _source(
+            request,
             client,
-            request.retry,
-            limiter,
-            stop.event,
-            trust_digest=bool(request.sha256),
-            start=checkpoint.position,
-            identity=known if resume else None,
+            limiter=limiter,
+            stop=stop,
+            checkpoint=checkpoint,
+            probed=probed,
+            resumed=bool(resume),
         )
+
+        def flush() -> None:
+            _sync_filesystem(request.output)
+            source.sync()  # the part file may live on another volume (--workdir)
+
         checkpointer = Checkpointer(
             request.state_dir / CHECKPOINT_NAME,
             checkpoint,
             interval=request.checkpoint_interval,
-            flush=lambda: _sync_filesystem(request.output),
+            every_bytes=max(request.max_disk_buffer // 4, 1 << 20),
+            flush=flush,
         )
 
         def new_pass(restart: bool) -> Pass:
@@ -254,16 +304,92 @@ def _download(
             )
 
         try:
-            digest, current = _consume(stream, new_pass, stop, progress, checkpointer)
+            digest, current = _consume(
+                source,
+                new_pass,
+                stop=stop,
+                progress=progress,
+                checkpointer=checkpointer,
+                request=request,
+            )
         finally:
             progress.close()
-    return digest, current, stream.stats.requests
+            source.close()
+    return digest, current, source.stats.requests
+
+
+def _source(
+    request: FetchRequest,
+    client: httpx.Client,
+    *,
+    limiter: RateLimiter,
+    stop: StopRequest,
+    checkpoint: Checkpoint,
+    probed: Probe | None,
+    resumed: bool,
+) -> Source:
+    urls = [request.url, *request.mirrors]
+    if probed is not None and probed.ranges and probed.identity.length:
+        chunk = min(
+            request.chunk_size, max(request.max_disk_buffer // request.connections, 1 << 18)
+        )
+        if chunk < request.chunk_size:
+            log.info(
+                "ranges of %s, so %d connections fit in the %s window",
+                human_bytes(chunk), request.connections, human_bytes(request.max_disk_buffer),
+            )  # fmt: skip
+        part = PartFile(request.state_dir / "download.part", probed.identity.length, keep=resumed)
+        return ParallelDownload(
+            urls,
+            client,
+            policy=request.retry,
+            limiter=limiter,
+            stop=stop.event,
+            part=part,
+            identity=probed.identity,
+            identity_origin=probed.origin,
+            connections=request.connections,
+            chunk_size=chunk,
+            buffer=request.max_disk_buffer,
+            have=RangeSet(checkpoint.chunks if resumed else ()),
+            start=checkpoint.position,
+        )
+    if probed is not None and not probed.ranges:
+        log.info("the origin does not honour Range requests: fetching over one connection")
+    known = Identity(checkpoint.length, checkpoint.etag, checkpoint.last_modified)
+    return MirroredStream(
+        urls,
+        client,
+        request.retry,
+        limiter,
+        stop.event,
+        trust_digest=bool(request.sha256),
+        start=checkpoint.position,
+        identity=known if resumed else None,
+    )
 
 
 _END = object()
 
 
-def _network_items(stream: MirroredStream, finished: threading.Event) -> queue.Queue[object]:
+class Source(Protocol):
+    """Where ordered bytes come from: one stream with failover, or parallel ranges."""
+
+    threaded: bool
+    stats: StreamStats
+
+    def chunks(self) -> Iterator[bytes | StartOver]: ...
+
+    def holdings(self) -> list[tuple[int, int]]: ...
+
+    def release_below(self, position: int) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _network_items(stream: Source, finished: threading.Event) -> queue.Queue[object]:
     """Run the stream on its own thread; its chunks, StartOvers and errors arrive in order."""
     items: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_CHUNKS)
 
@@ -305,23 +431,29 @@ def _received(items: queue.Queue[object], stop: StopRequest) -> Iterator[bytes |
 
 
 def _consume(
-    stream: MirroredStream,
+    source: Source,
     new_pass: Callable[[bool], Pass],
+    *,
     stop: StopRequest,
     progress: Progress,
     checkpointer: Checkpointer,
+    request: FetchRequest,
 ) -> tuple[str, Pass]:
-    """Feed passes from the network thread, checkpointing; returns the digest and the pass."""
+    """Feed passes from the source, checkpointing; returns the digest and the pass."""
     finished = threading.Event()
     current = new_pass(False)
+    saver = _Saver(checkpointer, source, request.max_disk_buffer)
 
     def take_full_checkpoint(position: int) -> None:
-        if checkpointer.due or stop.event.is_set():
-            _save_full(checkpointer, current, stream)
+        if checkpointer.due(position) or stop.event.is_set():
+            saver.full(current)
 
     current.on_restorable = take_full_checkpoint
+    items = (
+        _received(_network_items(source, finished), stop) if source.threaded else source.chunks()
+    )
     try:
-        for item in _received(_network_items(stream, finished), stop):
+        for item in items:
             if isinstance(item, StartOver):
                 current.tree.release()
                 current = new_pass(True)
@@ -329,39 +461,67 @@ def _consume(
                 continue
             current.feed(item)
             if stop.event.is_set():
-                _save_progress(checkpointer, current, stream)
+                saver.progress(current)
                 stop.check()
-            if checkpointer.due and current.tree.completed:
-                _save_progress(checkpointer, current, stream)  # no boundary in a while
-            if progress.total is None and stream.stats.identity:
-                progress.total = stream.stats.identity.length
+            if checkpointer.due(current.bytes):
+                saver.progress(current)  # no restorable point for a while
+            if progress.total is None and source.stats.identity:
+                progress.total = source.stats.identity.length
             progress.update(current.bytes, current.extracted_bytes)
         return current.finish(), current
+    except Interrupted:
+        saver.progress(current)
+        stop.check()  # the signal's own number and name
+        raise
     finally:
         finished.set()
+        if isinstance(items, Generator):
+            items.close()  # stops and joins the range workers before the client closes
         current.tree.release()
 
 
-def _remember_identity(checkpointer: Checkpointer, stream: MirroredStream) -> None:
-    identity = stream.stats.identity
-    if identity is not None:
-        checkpoint = checkpointer.checkpoint
-        checkpoint.length, checkpoint.etag = identity.length, identity.etag
-        checkpoint.last_modified = identity.last_modified
+class _Saver:
+    """Takes checkpoints, then hands back the window's space they no longer need."""
 
+    def __init__(self, checkpointer: Checkpointer, source: Source, buffer: int) -> None:
+        self._checkpointer = checkpointer
+        self._source = source
+        self._buffer = buffer
 
-def _save_full(checkpointer: Checkpointer, current: Pass, stream: MirroredStream) -> None:
-    if not current.restorable:
-        return
-    _remember_identity(checkpointer, stream)
-    checkpointer.save_full(current.state(), stream.stats.bytes_received, [])
-    current.tree.completed.clear()
+    def _remember_identity(self) -> None:
+        identity = self._source.stats.identity
+        if identity is not None:
+            checkpoint = self._checkpointer.checkpoint
+            checkpoint.length, checkpoint.etag = identity.length, identity.etag
+            checkpoint.last_modified = identity.last_modified
 
+    def _holdings_from(self, position: int) -> list[tuple[int, int]]:
+        return [
+            (max(start, position), end) for start, end in self._source.holdings() if end > position
+        ]
 
-def _save_progress(checkpointer: Checkpointer, current: Pass, stream: MirroredStream) -> None:
-    _remember_identity(checkpointer, stream)
-    checkpointer.save_progress(list(current.tree.completed), stream.stats.bytes_received, [])
-    current.tree.completed.clear()
+    def full(self, current: Pass) -> None:
+        """Every stage restorable here: the window below this position is never read again."""
+        if not current.restorable:
+            return
+        self._remember_identity()
+        position = current.bytes
+        fetched = self._source.stats.bytes_received
+        self._checkpointer.save_full(current.state(), fetched, self._holdings_from(position))
+        current.tree.completed.clear()
+        self._source.release_below(position)
+
+    def progress(self, current: Pass) -> None:
+        """Not restorable here: record finished files; keep at most half a window behind."""
+        self._remember_identity()
+        restart = self._checkpointer.checkpoint.position
+        keep_from = max(restart, current.bytes - self._buffer // 2)
+        fetched = self._source.stats.bytes_received
+        self._checkpointer.save_progress(
+            list(current.tree.completed), fetched, self._holdings_from(keep_from), current.bytes
+        )
+        current.tree.completed.clear()
+        self._source.release_below(keep_from)
 
 
 def _discard(request: FetchRequest) -> None:
@@ -381,20 +541,48 @@ def _remove_previous(output: Path, previous: Marker) -> None:
             path.unlink(missing_ok=True)
 
 
-def _commit(output: Path, staging: Path) -> list[str]:
-    """Move the verified tree into place; returns the top-level names it added."""
+def _commit(output: Path, marker: Marker) -> None:
+    """Move the verified tree into place, then write the marker; safe to kill at any point.
+
+    The marker goes first into a journal beside the staged tree, so a run killed between two
+    renames is finished by the next run instead of being mistaken for foreign files.
+    """
+    work = output / WORK_DIR_NAME
+    staging = work / "tree"
     _sync_filesystem(staging)
-    entries = sorted(path.name for path in staging.iterdir())
-    for entry in entries:
+    marker.entries = sorted(path.name for path in staging.iterdir())
+    for entry in marker.entries:
         if os.path.lexists(output / entry):
             raise FetchError(
                 f"{output / entry} already exists and was not written by model-fetch",
                 "empty the output directory or choose another one; nothing was overwritten",
             )
-    for entry in entries:
-        (staging / entry).rename(output / entry)
+    write_atomically(work / COMMIT_JOURNAL, json.dumps(asdict(marker)).encode())
+    _finish_commit(output, marker)
+
+
+def _finish_commit(output: Path, marker: Marker) -> None:
+    staging = output / WORK_DIR_NAME / "tree"
+    for entry in marker.entries:
+        if os.path.lexists(staging / entry):
+            (staging / entry).rename(output / entry)
     fsync_directory(output)
-    return entries
+    write_marker(output, marker)
+
+
+def _finish_interrupted_commit(request: FetchRequest) -> None:
+    """A verified tree whose move into place was cut short: complete it first."""
+    journal = request.output / WORK_DIR_NAME / COMMIT_JOURNAL
+    try:
+        marker = Marker(**json.loads(journal.read_text()))
+    except FileNotFoundError:
+        return
+    except (ValueError, TypeError) as error:
+        log.warning("ignoring an unreadable commit journal (%s)", error)
+        return
+    log.info("finishing the move into place of %s, verified by an earlier run", marker.source)
+    _finish_commit(request.output, marker)
+    _discard(request)
 
 
 def _sync_filesystem(path: Path) -> None:

@@ -9,12 +9,8 @@ have one). Otherwise the consumer is told to start over from byte 0.
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import random
-import re
 import threading
-import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
@@ -22,32 +18,22 @@ import httpx
 
 from fetcher.errors import Interrupted, SourceUnreachable
 from fetcher.ratelimit import RateLimiter
+from fetcher.responses import (
+    CONTENT_RANGE,
+    MAX_RETRY_AFTER,
+    RETRYABLE_STATUS,
+    Identity,
+    OriginRefused,
+    Retryable,
+    RetryPolicy,
+    paced_body,
+    retry_after,
+    strong_etag,
+    unsatisfied_length,
+)
 from fetcher.urls import redact
 
 log = logging.getLogger("model-fetch")
-
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-# A Retry-After longer than this moves on to the next origin instead of waiting.
-_MAX_RETRY_AFTER = 300.0
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What tells two responses apart as the same file."""
-
-    length: int | None
-    etag: str | None  # strong validators only; weak ones cannot vouch for byte ranges
-    last_modified: str | None
-
-    def same_file(self, other: Identity, *, compare_etags: bool) -> tuple[bool, str]:
-        if self.length is None or other.length is None:
-            return False, "the length is unknown"
-        if self.length != other.length:
-            return False, f"the length changed from {self.length} to {other.length}"
-        if compare_etags and self.etag and other.etag and self.etag != other.etag:
-            return False, f"the ETag changed from {self.etag} to {other.etag}"
-        return True, ""
 
 
 @dataclass(frozen=True)
@@ -57,36 +43,12 @@ class StartOver:
     reason: str
 
 
-@dataclass
-class RetryPolicy:
-    retries: int = 5
-    base_wait: float = 0.5
-    max_wait: float = 30.0
-    read_timeout: float = 30.0
-    low_speed_limit: int = 1024
-    low_speed_time: float = 60.0
-
-    def backoff(self, failures: int) -> float:
-        ceiling = min(self.max_wait, self.base_wait * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 class _AskAgainFromStart(Exception):
     """The origin answered a range of another file: ask it again for the whole file."""
 
 
 class _AlreadyComplete(Exception):
     """A 416 whose Content-Range says the file ends exactly where we are: nothing is missing."""
-
-
-class _OriginRefused(Exception):
-    """A final answer from this origin (404, 403, ...): go to the next one."""
 
 
 @dataclass
@@ -118,7 +80,7 @@ class MirroredStream:
         self._stop = stop
         # With a digest to check at the end, a matching length is enough to continue on a mirror
         # whose server computes ETags differently; the digest catches any mix-up.
-        self._compare_etags = not trust_digest
+        self._compare_validators = not trust_digest
         self.stats = StreamStats()
         # A resumed run carries on from start, provided the file is still the one it had.
         self._position = start
@@ -152,13 +114,13 @@ class MirroredStream:
                     shown, self._position,
                 )  # fmt: skip
                 return None
-            except _OriginRefused as refusal:
+            except OriginRefused as refusal:
                 log.warning("origin %s refused: %s; trying the next origin", shown, refusal)
                 return f"{shown}: {refusal}"
-            except _Retryable as error:
+            except Retryable as error:
                 failures += 1
                 if failures > self._policy.retries or (
-                    error.retry_after is not None and error.retry_after > _MAX_RETRY_AFTER
+                    error.retry_after is not None and error.retry_after > MAX_RETRY_AFTER
                 ):
                     log.warning("origin %s failed: %s; trying the next origin", shown, error)
                     return f"{shown}: {error} (after {failures} attempts)"
@@ -184,6 +146,20 @@ class MirroredStream:
                 self._position += len(item)
                 yield item
 
+    threaded = True  # runs on a network thread, handing chunks over through a bounded queue
+
+    def holdings(self) -> list[tuple[int, int]]:
+        return []  # nothing is kept on disk: a restart asks the origin again
+
+    def release_below(self, position: int) -> None:
+        return None
+
+    def sync(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise Interrupted(0, "a stop request")
@@ -201,7 +177,9 @@ class MirroredStream:
             with self._client.stream("GET", url, headers=headers) as response:
                 served = self._check_response(response, position)
                 if identity is not None:
-                    same, why = identity.same_file(served, compare_etags=self._compare_etags)
+                    same, why = identity.same_file(
+                        served, compare_validators=self._compare_validators
+                    )
                     if not same:
                         self.stats.notes.append(f"started over: {why}")
                         log.warning(
@@ -222,26 +200,24 @@ class MirroredStream:
                 self.stats.origin = redact(url)
                 yield from self._body(response, skip, position, served)
         except httpx.TimeoutException as error:
-            raise _Retryable(f"timed out ({type(error).__name__})") from None
+            raise Retryable(f"timed out ({type(error).__name__})") from None
         except httpx.TransportError as error:
-            raise _Retryable(f"connection failed: {error or type(error).__name__}") from None
+            raise Retryable(f"connection failed: {error or type(error).__name__}") from None
 
     def _check_response(self, response: httpx.Response, position: int) -> Identity:
         status = response.status_code
-        if status in _RETRYABLE_STATUS:
-            raise _Retryable(f"HTTP {status}", _retry_after(response))
-        if status == 416 and position and _unsatisfied_length(response) == position:
+        if status in RETRYABLE_STATUS:
+            raise Retryable(f"HTTP {status}", retry_after(response))
+        if status == 416 and position and unsatisfied_length(response) == position:
             raise _AlreadyComplete
         if status not in (200, 206):
-            raise _OriginRefused(f"HTTP {status}")
-        etag = response.headers.get("etag")
-        if etag and etag.startswith("W/"):
-            etag = None
+            raise OriginRefused(f"HTTP {status}")
+        etag = strong_etag(response)
         length: int | None
         if status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
             if not match or int(match.group(1)) != position or match.group(3) == "*":
-                raise _Retryable(
+                raise Retryable(
                     f"bad Content-Range {response.headers.get('content-range')!r} "
                     f"for a request from byte {position}"
                 )
@@ -254,11 +230,7 @@ class MirroredStream:
     def _body(
         self, response: httpx.Response, skip: int, position: int, served: Identity
     ) -> Iterator[bytes]:
-        policy = self._policy
-        window_start = time.monotonic()
-        window_bytes = 0
-        throttled = 0.0
-        for received in response.iter_raw():
+        for received in paced_body(response, self._limiter, self._policy, self._check_stop):
             chunk = received
             if skip:
                 if len(chunk) <= skip:
@@ -267,38 +239,7 @@ class MirroredStream:
                 chunk = chunk[skip:]
                 skip = 0
             self.stats.bytes_received += len(chunk)
-            throttled += self._limiter.take(len(chunk))
             position += len(chunk)
             yield chunk
-            self._check_stop()
-            window_bytes += len(chunk)
-            elapsed = time.monotonic() - window_start - throttled
-            if elapsed >= policy.low_speed_time:
-                if window_bytes / elapsed < policy.low_speed_limit:
-                    raise _Retryable(
-                        f"stalled: {window_bytes} bytes in {elapsed:.0f}s, "
-                        f"below {policy.low_speed_limit} bytes/s"
-                    )
-                window_start, window_bytes, throttled = time.monotonic(), 0, 0.0
         if served.length is not None and position < served.length:
-            raise _Retryable(f"body ended at byte {position} of {served.length}")
-
-
-def _unsatisfied_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-range", "")
-    if value.startswith("bytes */") and value[8:].isdigit():
-        return int(value[8:])
-    return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+            raise Retryable(f"body ended at byte {position} of {served.length}")

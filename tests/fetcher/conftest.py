@@ -26,7 +26,8 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-FAST_RETRIES = ["--retry-wait", "0.01", "--timeout", "5"]
+# One connection: these tests pin down the request sequence of the streaming path.
+FAST_RETRIES = ["--retry-wait", "0.01", "--timeout", "5", "--connections", "1"]
 
 
 def run_fetch(*args: str | Path) -> int:

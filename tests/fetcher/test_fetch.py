@@ -273,7 +273,7 @@ def test_a_stalled_origin_is_abandoned_for_the_mirror(tmp_path: Path) -> None:
 def test_an_origin_that_hangs_times_out_and_is_retried(origin: Origin, tmp_path: Path) -> None:
     archive = py_archive(TREE, "zst")
     origin.add("/m", archive, faults=Faults(stall_after=10_000, stall_times=1))
-    args = ("-o", tmp_path / "o", "--retry-wait", "0.01", "--timeout", "0.5")
+    args = ("-o", tmp_path / "o", "--retry-wait", "0.01", "--timeout", "0.5", "--connections", "1")
     assert run_fetch(origin.url("/m"), "--sha256", sha256(archive), *args) == 0
     assert [r.headers.get("range") for r in origin.requests] == [None, "bytes=10000-"]
 
@@ -396,3 +396,31 @@ def test_archives_in_ustar_and_gnu_formats(origin: Origin, tmp_path: Path) -> No
         out = tmp_path / f"out{fmt}"
         assert run_fetch(origin.url(f"/m{fmt}"), "-o", out) == 0
         assert _extracted(out) == _expected(tmp_path / str(fmt))
+
+
+def test_a_commit_cut_short_between_renames_is_finished_by_the_next_run(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = py_archive(TREE, "zst")
+    origin.add("/m", archive)
+    out = tmp_path / "out"
+    renames = 0
+    real_rename = Path.rename
+
+    def crash_after_two(self: Path, target: Path) -> Path:
+        nonlocal renames
+        renames += 1
+        if renames > 2 and ".model-fetch" in str(self):
+            raise KeyboardInterrupt  # stands in for kill -9 mid-commit
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash_after_two)
+    args = (origin.url("/m"), "--sha256", sha256(archive), "-o", out)
+    with pytest.raises(KeyboardInterrupt):
+        run_fetch(*args)
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert not (out / MARKER_NAME).exists()
+    requests = len(origin.requests)
+    assert run_fetch(*args) == 0
+    assert len(origin.requests) == requests  # finished from the journal, no download
+    assert _extracted(out) == _expected(tmp_path)
