@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -65,12 +66,16 @@ def load_checkpoint(path: Path) -> tuple[Checkpoint | None, str]:
     return checkpoint, ""
 
 
-def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    write_atomically(path, json.dumps(asdict(checkpoint), separators=(",", ":")).encode())
-
-
 class Checkpointer:
-    """Decides when to take a checkpoint and takes it: flush the tree, then write atomically."""
+    """Decides when to take a checkpoint and takes it: flush the tree, then write atomically.
+
+    The flush (a syncfs of the volume) and the write run on a thread of their own, so the
+    decoder keeps going while the disk catches up; that also spreads the writeback of the
+    extracted files over the run instead of paying for all of it at the end. At most one
+    checkpoint is in flight: a checkpoint asked for while one is still being written is
+    declined, and the caller asks again at its next chance. Work that depends on a checkpoint
+    being durable (releasing the window behind it) runs once it is.
+    """
 
     def __init__(
         self,
@@ -89,16 +94,28 @@ class Checkpointer:
         self._due = time.monotonic() + interval
         self._last_position = checkpoint.position
         self.saved = 0
+        self._idle = threading.Event()
+        self._idle.set()
+        self._error: BaseException | None = None
 
     def due(self, position: int) -> bool:
         """Every few seconds, or sooner when the window behind the last one fills up."""
         return time.monotonic() >= self._due or position - self._last_position >= self._every_bytes
 
-    def save_full(self, state: dict[str, Any], fetched: int, chunks: list[tuple[int, int]]) -> None:
+    def save_full(
+        self,
+        state: dict[str, Any],
+        fetched: int,
+        chunks: list[tuple[int, int]],
+        then: Callable[[], None],
+    ) -> bool:
         """All stages restorable at state['position']: forget the completed-files list."""
+        if not self._ready():
+            return False
         self.checkpoint.restore = state
         self.checkpoint.completed = []
-        self._write(fetched, chunks, state["position"])
+        self._submit(fetched, chunks, state["position"], then)
+        return True
 
     def save_progress(
         self,
@@ -106,16 +123,51 @@ class Checkpointer:
         fetched: int,
         chunks: list[tuple[int, int]],
         position: int,
-    ) -> None:
+        then: Callable[[], None],
+    ) -> bool:
         """Not at a restorable point: keep the last full state, record newly finished files."""
+        if not self._ready():
+            return False
         self.checkpoint.completed.extend(completed)
-        self._write(fetched, chunks, position)
+        self._submit(fetched, chunks, position, then)
+        return True
 
-    def _write(self, fetched: int, chunks: list[tuple[int, int]], position: int) -> None:
+    def wait(self, *, reraise: bool = True) -> None:
+        """Until the checkpoint in flight is on disk; re-raise what writing it raised."""
+        self._idle.wait()
+        if self._error is not None and reraise:
+            error, self._error = self._error, None
+            raise error
+
+    def _ready(self) -> bool:
+        if self._error is not None:
+            self.wait()
+        return self._idle.is_set()
+
+    def _submit(
+        self,
+        fetched: int,
+        chunks: list[tuple[int, int]],
+        position: int,
+        then: Callable[[], None],
+    ) -> None:
         self._last_position = position
+        self._due = time.monotonic() + self._interval
         self.checkpoint.fetched_bytes = fetched
         self.checkpoint.chunks = chunks
-        self._flush()  # the files the checkpoint vouches for reach the disk first
-        save_checkpoint(self.path, self.checkpoint)
-        self.saved += 1
-        self._due = time.monotonic() + self._interval
+        blob = json.dumps(asdict(self.checkpoint), separators=(",", ":")).encode()
+        self._idle.clear()
+        threading.Thread(
+            target=self._write, args=(blob, then), name="model-fetch-checkpoint", daemon=True
+        ).start()
+
+    def _write(self, blob: bytes, then: Callable[[], None]) -> None:
+        try:
+            self._flush()  # the files the checkpoint vouches for reach the disk first
+            write_atomically(self.path, blob)
+            self.saved += 1
+            then()
+        except BaseException as error:  # re-raised on the decoder's thread
+            self._error = error
+        finally:
+            self._idle.set()

@@ -10,7 +10,7 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ from fetcher.progress import Progress
 from fetcher.ranges import RangeSet
 from fetcher.ratelimit import RateLimiter, TokenBucket, Unlimited
 from fetcher.responses import Identity, RetryPolicy
+from fetcher.sha256 import ResumableSha256
 from fetcher.tree import sync_filesystem
 from fetcher.units import human_bytes
 from fetcher.urls import basename, redact
@@ -52,7 +53,7 @@ log = logging.getLogger("model-fetch")
 
 WORK_DIR_NAME = ".model-fetch"
 COMMIT_JOURNAL = "commit.json"
-_QUEUE_CHUNKS = 64  # read-ahead between the network thread and the decoder: ~4 MiB
+_QUEUE_CHUNKS = 8  # read-ahead between the network thread and the decoder: ~8 MiB
 
 
 @dataclass
@@ -369,13 +370,9 @@ def _source(
     )
 
 
-_END = object()
-
-
 class Source(Protocol):
     """Where ordered bytes come from: one stream with failover, or parallel ranges."""
 
-    threaded: bool
     stats: StreamStats
 
     def chunks(self) -> Iterator[bytes | StartOver]: ...
@@ -389,8 +386,50 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def _network_items(stream: Source, finished: threading.Event) -> queue.Queue[object]:
-    """Run the stream on its own thread; its chunks, StartOvers and errors arrive in order."""
+_BATCH_BYTES = 1 << 20
+_BATCH_SECONDS = 0.05
+
+
+@dataclass
+class _Hashed:
+    data: bytes
+    hash_before: ResumableSha256
+
+
+@dataclass
+class _End:
+    hasher: ResumableSha256
+
+
+def _batched(chunks: Iterator[bytes | StartOver]) -> Iterator[bytes | StartOver]:
+    """Network reads (64 KiB) joined into ~1 MiB pieces: fewer hand-overs, same order."""
+    pending: list[bytes] = []
+    size = 0
+    started = 0.0
+    for item in chunks:
+        if isinstance(item, StartOver):
+            pending, size = [], 0
+            yield item
+            continue
+        if not pending:
+            started = time.monotonic()
+        pending.append(item)
+        size += len(item)
+        if size >= _BATCH_BYTES or time.monotonic() - started >= _BATCH_SECONDS:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _network_items(
+    source: Source, hasher: ResumableSha256, finished: threading.Event
+) -> queue.Queue[object]:
+    """Run the source and the digest on their own thread; items arrive in order.
+
+    Each chunk travels with the digest state before it, so decoding (on the caller's thread)
+    and hashing (here) run in parallel.
+    """
     items: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_CHUNKS)
 
     def put(item: object) -> bool:
@@ -403,11 +442,19 @@ def _network_items(stream: Source, finished: threading.Event) -> queue.Queue[obj
         return False
 
     def produce() -> None:
+        digest = hasher
         try:
-            for chunk in stream.chunks():
-                if not put(chunk):
+            for item in _batched(source.chunks()):
+                if isinstance(item, StartOver):
+                    digest = ResumableSha256()
+                    if not put(item):
+                        return
+                    continue
+                before = digest.copy()
+                digest.update(item)
+                if not put(_Hashed(item, before)):
                     return
-            put(_END)
+            put(_End(digest))
         except BaseException as error:  # handed to the consumer, which reports it
             put(error)
 
@@ -415,19 +462,21 @@ def _network_items(stream: Source, finished: threading.Event) -> queue.Queue[obj
     return items
 
 
-def _received(items: queue.Queue[object], stop: StopRequest) -> Iterator[bytes | StartOver]:
+def _received(
+    items: queue.Queue[object], stop: StopRequest
+) -> Iterator[_Hashed | StartOver | _End]:
     while True:
         try:
             item = items.get(timeout=0.5)
         except queue.Empty:
             stop.check()
             continue
-        if item is _END:
-            return
         if isinstance(item, BaseException):
             raise item
-        assert isinstance(item, bytes | StartOver)
+        assert isinstance(item, _Hashed | StartOver | _End)
         yield item
+        if isinstance(item, _End):
+            return
 
 
 def _consume(
@@ -449,34 +498,39 @@ def _consume(
             saver.full(current)
 
     current.on_restorable = take_full_checkpoint
-    items = (
-        _received(_network_items(source, finished), stop) if source.threaded else source.chunks()
+    restore = checkpointer.checkpoint.restore
+    hasher = (
+        ResumableSha256.from_state(bytes.fromhex(restore["sha256_state"]))
+        if restore
+        else ResumableSha256()
     )
     try:
-        for item in items:
+        for item in _received(_network_items(source, hasher, finished), stop):
+            if isinstance(item, _End):
+                current.finish()
+                return item.hasher.hexdigest(), current
             if isinstance(item, StartOver):
                 current.tree.release()
                 current = new_pass(True)
                 current.on_restorable = take_full_checkpoint
                 continue
-            current.feed(item)
+            current.feed(item.data, item.hash_before)
             if stop.event.is_set():
-                saver.progress(current)
+                saver.last(current)
                 stop.check()
             if checkpointer.due(current.bytes):
                 saver.progress(current)  # no restorable point for a while
             if progress.total is None and source.stats.identity:
                 progress.total = source.stats.identity.length
             progress.update(current.bytes, current.extracted_bytes)
-        return current.finish(), current
+        raise AssertionError("the network thread ended without a last item")
     except Interrupted:
-        saver.progress(current)
+        saver.last(current)
         stop.check()  # the signal's own number and name
         raise
     finally:
         finished.set()
-        if isinstance(items, Generator):
-            items.close()  # stops and joins the range workers before the client closes
+        checkpointer.wait(reraise=False)  # never write into a state directory being removed
         current.tree.release()
 
 
@@ -506,22 +560,38 @@ class _Saver:
             return
         self._remember_identity()
         position = current.bytes
-        fetched = self._source.stats.bytes_received
-        self._checkpointer.save_full(current.state(), fetched, self._holdings_from(position))
-        current.tree.completed.clear()
-        self._source.release_below(position)
+        accepted = self._checkpointer.save_full(
+            current.state(),
+            self._source.stats.bytes_received,
+            self._holdings_from(position),
+            then=lambda: self._source.release_below(position),
+        )
+        if accepted:
+            current.tree.completed.clear()
 
     def progress(self, current: Pass) -> None:
         """Not restorable here: record finished files; keep at most half a window behind."""
         self._remember_identity()
         restart = self._checkpointer.checkpoint.position
         keep_from = max(restart, current.bytes - self._buffer // 2)
-        fetched = self._source.stats.bytes_received
-        self._checkpointer.save_progress(
-            list(current.tree.completed), fetched, self._holdings_from(keep_from), current.bytes
+        accepted = self._checkpointer.save_progress(
+            list(current.tree.completed),
+            self._source.stats.bytes_received,
+            self._holdings_from(keep_from),
+            current.bytes,
+            then=lambda: self._source.release_below(keep_from),
         )
-        current.tree.completed.clear()
-        self._source.release_below(keep_from)
+        if accepted:
+            current.tree.completed.clear()
+
+    def last(self, current: Pass) -> None:
+        """On the way out after a signal: one more checkpoint, on disk before exiting."""
+        self._checkpointer.wait()
+        if current.restorable and current.at_boundary:
+            self.full(current)
+        else:
+            self.progress(current)
+        self._checkpointer.wait()
 
 
 def _discard(request: FetchRequest) -> None:

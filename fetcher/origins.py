@@ -146,8 +146,6 @@ class MirroredStream:
                 self._position += len(item)
                 yield item
 
-    threaded = True  # runs on a network thread, handing chunks over through a bounded queue
-
     def holdings(self) -> list[tuple[int, int]]:
         return []  # nothing is kept on disk: a restart asks the origin again
 

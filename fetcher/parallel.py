@@ -56,8 +56,6 @@ class _Origin:
 
 
 class ParallelDownload:
-    threaded = False  # the consumer reads the part file itself; the workers are the threads
-
     def __init__(
         self,
         urls: list[str],

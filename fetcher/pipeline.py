@@ -1,4 +1,9 @@
-"""One pass over the stream from byte 0: sha256 -> decompressor -> tar reader or file -> tree."""
+"""One pass over the stream: decompressor -> tar reader or file -> tree, checkpointable.
+
+The digest is computed upstream, on the network thread, in parallel with decoding: each chunk
+arrives with a copy of the hash state before it, from which the state at any point inside
+the chunk is derived when, and only when, a checkpoint needs it.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,6 @@ class Pass:
     ) -> None:
         self.staging = staging
         self.tree = SafeTree(staging, max_bytes=max_extracted)
-        self.hasher = ResumableSha256()
         self.bytes = 0
         self.compression: Compression | None = None
         self.on_restorable: OnRestorable = _never
@@ -45,7 +49,6 @@ class Pass:
         self._resumed_sink: dict[str, Any] | None = None
         if resume:
             self.bytes = resume["position"]
-            self.hasher = ResumableSha256.from_state(bytes.fromhex(resume["sha256_state"]))
             compression = Compression(resume["compression"])
             self._resumed_sink = resume["sink"]
             self.tree.restore(resume["tree"], already_complete or {})
@@ -53,7 +56,8 @@ class Pass:
             self.tree.restore(self.tree.state(), already_complete)
         self._decoder = AutoDecoder(compression, self._on_detect, self._on_boundary)
         self._chunk: memoryview = memoryview(b"")
-        self._hashed = 0  # bytes of the current chunk already hashed
+        self._chunk_start = self.bytes
+        self._hash_before = ResumableSha256()  # the digest state at _chunk_start
 
     def _on_detect(self, compression: Compression) -> Emit:
         self.compression = compression
@@ -64,48 +68,52 @@ class Pass:
             self._sink = resumed_sink(self._resumed_sink, self.tree, name)
         return self._sink.write
 
-    def feed(self, chunk: Chunk) -> None:
+    def feed(self, chunk: Chunk, hash_before: ResumableSha256) -> None:
+        """Decode chunk; hash_before is the digest state of every byte before it."""
         self._chunk = memoryview(chunk)
-        self._hashed = 0
+        self._chunk_start = self.bytes
+        self._hash_before = hash_before
         self._decoder.feed(self._chunk)
-        self._hash_to(len(self._chunk))
+        self.bytes = self._chunk_start + len(self._chunk)
         if self._decoder.started and self._decoder.at_boundary:
             self.on_restorable(self.bytes)
 
-    def _hash_to(self, offset: int) -> None:
-        if offset > self._hashed:
-            self.hasher.update(self._chunk[self._hashed : offset])
-            self.bytes += offset - self._hashed
-            self._hashed = offset
-
     def _on_boundary(self, offset: int) -> None:
         """A frame or member ended at offset in the current chunk; everything before is out."""
-        self._hash_to(offset)
         if offset < len(self._chunk):
+            self.bytes = self._chunk_start + offset
             self.on_restorable(self.bytes)
+
+    def _hash_state(self) -> bytes:
+        hasher = self._hash_before.copy()
+        hasher.update(self._chunk[: self.bytes - self._chunk_start])
+        return hasher.export_state()
 
     def state(self) -> dict[str, Any]:
         """Every stage's state at self.bytes; valid only inside on_restorable."""
         assert self._sink is not None and self.compression is not None
         return {
             "position": self.bytes,
-            "sha256_state": self.hasher.export_state().hex(),
+            "sha256_state": self._hash_state().hex(),
             "compression": self.compression.value,
             "sink": self._sink.state(),
             "tree": self.tree.state(),
         }
 
     @property
+    def at_boundary(self) -> bool:
+        return self._decoder.at_boundary
+
+    @property
     def restorable(self) -> bool:
         return self._decoder.started and self._sink is not None
 
-    def finish(self) -> str:
-        """Check every stage ended cleanly and return the hex digest of all bytes fed."""
+    def finish(self) -> None:
+        """Check every stage ended cleanly."""
         self._decoder.finish()
         assert self._sink is not None
         self._sink.close()
         self.tree.close()
-        return self.hasher.hexdigest()
 
     @property
     def extracted_bytes(self) -> int:

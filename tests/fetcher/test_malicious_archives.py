@@ -19,6 +19,7 @@ import pytest
 from fetcher.errors import UnsafeArchive
 from fetcher.formats import Layout
 from fetcher.pipeline import Pass
+from fetcher.sha256 import ResumableSha256
 
 Member = tuple[tarfile.TarInfo, bytes]
 
@@ -57,8 +58,11 @@ def build_tar(*members: Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
 
 def extract(data: bytes, root: Path, *, step: int = 4096, cap: int = 10**9) -> Pass:
     run = Pass(root, compression=None, layout=Layout.DETECT, file_name="x", max_extracted=cap)
+    hasher = ResumableSha256()
     for start in range(0, len(data), step):
-        run.feed(data[start : start + step])
+        piece = data[start : start + step]
+        run.feed(piece, hasher.copy())
+        hasher.update(piece)
     run.finish()
     return run
 
