@@ -78,6 +78,8 @@ class Interrupted(FetchError):
     def __init__(self, signal_number: int, signal_name: str) -> None:
         super().__init__(
             f"stopped by {signal_name}",
-            "run the same command again to start over" if signal_number else "",
+            "run the same command again to carry on from the last checkpoint"
+            if signal_number
+            else "",
         )
         self.exit_code = 128 + signal_number

@@ -102,9 +102,11 @@ class StopRequest:
         self.event = threading.Event()
         self.signal_number = 0
         self.signal_name = ""
+        self.requested_at = 0.0
 
     def request(self, signal_number: int, signal_name: str) -> None:
         self.signal_number, self.signal_name = signal_number, signal_name
+        self.requested_at = time.monotonic()
         self.event.set()
 
     def check(self) -> None:
@@ -266,11 +268,14 @@ def _download(
                 request.state_dir.mkdir(parents=True, exist_ok=True)
                 resume = None
         checkpoint = resume or Checkpoint(request=request.identity())
+        # The sources stop when the decoder is done with them, not at the signal itself: after
+        # a signal the decoder may still need the rest of a frame to reach a clean checkpoint.
+        halt = threading.Event()
         source = _source(
             request,
             client,
             limiter=limiter,
-            stop=stop,
+            halt=halt,
             checkpoint=checkpoint,
             probed=probed,
             resumed=bool(resume),
@@ -308,6 +313,7 @@ def _download(
             digest, current = _consume(
                 source,
                 new_pass,
+                halt=halt,
                 stop=stop,
                 progress=progress,
                 checkpointer=checkpointer,
@@ -324,7 +330,7 @@ def _source(
     client: httpx.Client,
     *,
     limiter: RateLimiter,
-    stop: StopRequest,
+    halt: threading.Event,
     checkpoint: Checkpoint,
     probed: Probe | None,
     resumed: bool,
@@ -345,7 +351,7 @@ def _source(
             client,
             policy=request.retry,
             limiter=limiter,
-            stop=stop.event,
+            stop=halt,
             part=part,
             identity=probed.identity,
             identity_origin=probed.origin,
@@ -363,7 +369,7 @@ def _source(
         client,
         request.retry,
         limiter,
-        stop.event,
+        halt,
         trust_digest=bool(request.sha256),
         start=checkpoint.position,
         identity=known if resumed else None,
@@ -386,6 +392,9 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+# After a signal, decoding goes on (with what has already arrived) up to the next frame or
+# member end, so the checkpoint lands where a restart loses nothing; for at most this long.
+_STOP_GRACE = 2.0
 _BATCH_BYTES = 1 << 20
 _BATCH_SECONDS = 0.05
 
@@ -467,9 +476,10 @@ def _received(
 ) -> Iterator[_Hashed | StartOver | _End]:
     while True:
         try:
-            item = items.get(timeout=0.5)
+            item = items.get(timeout=0.2)
         except queue.Empty:
-            stop.check()
+            if stop.event.is_set() and time.monotonic() - stop.requested_at > _STOP_GRACE:
+                stop.check()
             continue
         if isinstance(item, BaseException):
             raise item
@@ -483,18 +493,21 @@ def _consume(
     source: Source,
     new_pass: Callable[[bool], Pass],
     *,
+    halt: threading.Event,
     stop: StopRequest,
     progress: Progress,
     checkpointer: Checkpointer,
     request: FetchRequest,
 ) -> tuple[str, Pass]:
     """Feed passes from the source, checkpointing; returns the digest and the pass."""
-    finished = threading.Event()
     current = new_pass(False)
     saver = _Saver(checkpointer, source, request.max_disk_buffer)
 
     def take_full_checkpoint(position: int) -> None:
-        if checkpointer.due(position) or stop.event.is_set():
+        if stop.event.is_set():
+            saver.last(current, restorable=True)  # the first clean point after the signal
+            stop.check()
+        if checkpointer.due(position):
             saver.full(current)
 
     current.on_restorable = take_full_checkpoint
@@ -505,7 +518,7 @@ def _consume(
         else ResumableSha256()
     )
     try:
-        for item in _received(_network_items(source, hasher, finished), stop):
+        for item in _received(_network_items(source, hasher, halt), stop):
             if isinstance(item, _End):
                 current.finish()
                 return item.hasher.hexdigest(), current
@@ -515,8 +528,8 @@ def _consume(
                 current.on_restorable = take_full_checkpoint
                 continue
             current.feed(item.data, item.hash_before)
-            if stop.event.is_set():
-                saver.last(current)
+            if stop.event.is_set() and time.monotonic() - stop.requested_at > _STOP_GRACE:
+                saver.last(current, restorable=current.at_boundary)  # no clean point in time
                 stop.check()
             if checkpointer.due(current.bytes):
                 saver.progress(current)  # no restorable point for a while
@@ -525,11 +538,11 @@ def _consume(
             progress.update(current.bytes, current.extracted_bytes)
         raise AssertionError("the network thread ended without a last item")
     except Interrupted:
-        saver.last(current)
+        saver.last(current, restorable=current.at_boundary)
         stop.check()  # the signal's own number and name
         raise
     finally:
-        finished.set()
+        halt.set()
         checkpointer.wait(reraise=False)  # never write into a state directory being removed
         current.tree.release()
 
@@ -541,6 +554,7 @@ class _Saver:
         self._checkpointer = checkpointer
         self._source = source
         self._buffer = buffer
+        self._closed = False
 
     def _remember_identity(self) -> None:
         identity = self._source.stats.identity
@@ -584,10 +598,13 @@ class _Saver:
         if accepted:
             current.tree.completed.clear()
 
-    def last(self, current: Pass) -> None:
+    def last(self, current: Pass, *, restorable: bool) -> None:
         """On the way out after a signal: one more checkpoint, on disk before exiting."""
+        if self._closed:
+            return
+        self._closed = True
         self._checkpointer.wait()
-        if current.restorable and current.at_boundary:
+        if current.restorable and restorable:
             self.full(current)
         else:
             self.progress(current)

@@ -102,6 +102,7 @@ class Pass:
 
     @property
     def at_boundary(self) -> bool:
+        """Whether the decoder stands at a boundary after the last whole chunk fed."""
         return self._decoder.at_boundary
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -109,3 +110,33 @@ def test_usage_errors_exit_2(bad: list[str]) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip()
+
+
+def test_a_terminal_gets_a_progress_bar(origin: Origin, tmp_path: Path) -> None:
+    archive = py_archive({"weights": os.urandom(3_000_000)}, "none")
+    origin.add("/m", archive, faults=Faults(drip_bytes_per_s=3_000_000))
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [*FETCH, origin.url("/m"), "-o", str(tmp_path / "out"), "--connections", "1"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        screen += data
+    os.close(primary)
+    assert process.wait(timeout=30) == 0
+    text = screen.decode()
+    bars = [part for part in text.split("\r") if part.startswith("[")]
+    assert bars, text
+    assert "MB/s" in bars[-1]
+    assert "ETA" in bars[-1]
+    assert "%" in bars[-1]

@@ -107,3 +107,67 @@ def test_sigkill_at_random_moments_then_restart_until_done(
         assert fetched <= len(case.archive) + kills * window
     else:
         assert "can only restart at byte 0" in "".join(logs)
+
+
+def _stop_midway(command: list[str], origin: Origin, path: str, at: int) -> str:
+    """Run the fetcher until the origin has sent `at` bytes, then SIGTERM it."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while origin.bytes_sent(path) < at and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    return err
+
+
+@pytest.mark.parametrize("connections", ["1", "4"])
+def test_sigterm_flushes_a_checkpoint_that_the_next_run_resumes(
+    tmp_path: Path, connections: str
+) -> None:
+    case = CASES[2]  # multi-frame tar.zst
+    out = tmp_path / "out"
+    with Origin() as origin:
+        origin.add("/model", case.archive, faults=Faults(drip_bytes_per_s=1_000_000))
+        command = _command(origin.url("/model"), out, sha256(case.archive), [])
+        command += ["--connections", connections]
+        _stop_midway(command, origin, "/model", len(case.archive) // 2)
+        origin.set_faults("/model", None)
+        sent_before = origin.bytes_sent("/model")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        resent = origin.bytes_sent("/model") - sent_before
+    assert result.returncode == 0, result.stderr
+    resumed_at = int(result.stderr.split("resuming from a checkpoint: byte ")[1].split()[0])
+    assert resumed_at > 0
+    assert resent <= len(case.archive) - resumed_at + BUFFER
+
+
+def test_a_source_changed_since_the_checkpoint_starts_over_saying_why(tmp_path: Path) -> None:
+    old, new = CASES[1].archive, py_archive({"weights": b"new model " * 100_000}, "none")
+    out = tmp_path / "out"
+    with Origin() as origin:
+        origin.add("/model", old, faults=Faults(drip_bytes_per_s=1_000_000))
+        command = _command(origin.url("/model"), out, sha256(new), ["--connections", "4"])
+        # The same command line throughout: only what the origin serves changes.
+        command[command.index("--sha256") : command.index("--sha256") + 2] = []
+        _stop_midway(command, origin, "/model", len(old) // 3)
+        origin.add("/model", new)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "the source changed since the checkpoint (the length changed" in result.stderr
+    assert (out / "weights").read_bytes() == b"new model " * 100_000
+
+
+def test_an_unreadable_checkpoint_starts_over_saying_why(tmp_path: Path) -> None:
+    case = CASES[1]
+    out = tmp_path / "out"
+    with Origin() as origin:
+        origin.add("/model", case.archive, faults=Faults(drip_bytes_per_s=1_000_000))
+        command = _command(origin.url("/model"), out, sha256(case.archive), [])
+        _stop_midway(command, origin, "/model", len(case.archive) // 3)
+        (out / ".model-fetch" / "checkpoint.json").write_text('{"version": 1, "request": ')
+        origin.set_faults("/model", None)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "the checkpoint is unreadable" in result.stderr
+    assert "removing the unfinished tree and starting from byte 0" in result.stderr
