@@ -200,7 +200,7 @@ def test_the_part_file_stays_within_the_disk_window(tmp_path: Path) -> None:
 
 def test_bandwidth_cap_holds_across_connections_and_mirrors(tmp_path: Path) -> None:
     rate = 4_000_000
-    payload = os.urandom(24_000_000)  # six seconds at the cap
+    payload = os.urandom(52_000_000)  # thirteen seconds at the cap
     archive = py_archive({"weights.bin": payload}, "none")
     with Origin() as source, Origin() as mirror:
         source.add("/m", archive)
@@ -229,19 +229,19 @@ def test_bandwidth_cap_holds_across_connections_and_mirrors(tmp_path: Path) -> N
             stderr=subprocess.PIPE,
             text=True,
         )
-        _, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=90)
     assert process.returncode == 0, err
     progress = [
         (json.loads(line)["time"], json.loads(line)["bytes"])
         for line in err.splitlines()
         if '"progress:' in line
     ]
-    # Steady state: from 1 s in to 1 s before the end, a window of at least 3 s.
+    # Steady state: from 1 s in to half a second before the end, a window of at least 10 s.
     samples = [(_seconds(stamp), done) for stamp, done in progress]
     start, end = samples[0][0] + 1.0, samples[-1][0] - 0.5
     window = [(t, b) for t, b in samples if start <= t <= end]
     (t0, b0), (t1, b1) = window[0], window[-1]
-    assert t1 - t0 >= 3.0
+    assert t1 - t0 >= 10.0
     measured = (b1 - b0) / (t1 - t0)
     assert abs(measured - rate) / rate < 0.10, f"{measured / 1e6:.2f} MB/s for a 4 MB/s cap"
     assert sum(r.status == 206 for r in mirror.requests) > 0

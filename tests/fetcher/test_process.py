@@ -140,3 +140,24 @@ def test_a_terminal_gets_a_progress_bar(origin: Origin, tmp_path: Path) -> None:
     assert "MB/s" in bars[-1]
     assert "ETA" in bars[-1]
     assert "%" in bars[-1]
+
+
+def test_a_second_signal_exits_at_once(origin: Origin, tmp_path: Path) -> None:
+    # One zstd frame has no restorable point, so after the first signal the fetcher would
+    # keep decoding for its grace period; the second signal must cut that short.
+    archive = py_archive({"weights": os.urandom(4_000_000)}, "zst")
+    origin.add("/m", archive, faults=Faults(drip_bytes_per_s=500_000))
+    process = subprocess.Popen(
+        [*FETCH, origin.url("/m"), "-o", str(tmp_path / "out"), "--connections", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while origin.bytes_sent("/m") < 300_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=10)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" not in err  # it left without the orderly last line
