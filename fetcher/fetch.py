@@ -211,15 +211,21 @@ def _usable_checkpoint(request: FetchRequest) -> Checkpoint | None:
         checkpoint.restore["tree"]["files_written"] if checkpoint.restore else 0,
         f", {len(checkpoint.completed)} more complete on disk" if checkpoint.completed else "",
     )
-    if checkpoint.completed and checkpoint.length:
-        log.info(
-            "this stream can only restart at byte %d (it has no frame or member boundary "
-            "since): re-fetching %d bytes; the %d files already complete are read past, "
-            "not written again",
-            checkpoint.position,
-            checkpoint.length - checkpoint.position,
-            len(checkpoint.completed),
-        )
+    if checkpoint.length is not None:
+        held = sum(end - max(start, checkpoint.position) for start, end in checkpoint.chunks)
+        missing = checkpoint.length - checkpoint.position - held
+        if checkpoint.restore is None:
+            log.info(
+                "this stream can only restart at byte 0 (no frame or member boundary was "
+                "checkpointed): re-fetching %d bytes, reusing %d held in the download window; "
+                "the %d files already complete are read past, not written again",
+                missing, held, len(checkpoint.completed),
+            )  # fmt: skip
+        else:
+            log.info(
+                "re-fetching %d bytes from byte %d, reusing %d held in the download window",
+                missing, checkpoint.position, held,
+            )  # fmt: skip
     return checkpoint
 
 

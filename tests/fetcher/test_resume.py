@@ -17,7 +17,8 @@ from tests.support.archives import Tree, make_tree, py_archive, tree_snapshot, w
 from tests.support.origin import Faults, Origin
 
 KILLS = 20
-RATE = 2_000_000  # bytes/s: slow enough that every kill lands mid-download
+CLEAN_RUN_SECONDS = 6.0  # each archive is paced to take this long uninterrupted
+RATE = 2_000_000  # bytes/s for the single-purpose tests below
 BUFFER = 2 << 20
 
 
@@ -68,7 +69,9 @@ def test_sigkill_at_random_moments_then_restart_until_done(
     with Origin() as origin:
         # The origin paces itself: with a client-side cap the kernel's socket buffers would
         # fill with megabytes that each kill throws away, hiding what the fetcher re-requests.
-        pace = RATE / int(connections)  # per response: the total stays near RATE
+        # Paced per response, so the total stays the same whatever the connection count, and
+        # slow enough that all twenty kills land before the fetch could finish.
+        pace = len(case.archive) / CLEAN_RUN_SECONDS / int(connections)
         origin.add("/model", case.archive, faults=Faults(drip_bytes_per_s=pace))
         command = _command(origin.url("/model"), out, digest, extra)
         while kills < KILLS:
@@ -87,6 +90,7 @@ def test_sigkill_at_random_moments_then_restart_until_done(
         final = subprocess.run(command, capture_output=True, text=True, timeout=120)
         logs.append(final.stderr)
         fetched = origin.bytes_sent("/model")
+    assert kills == KILLS
     assert final.returncode == 0, final.stderr
     assert f"sha256 {digest} verified" in "".join(logs)
     if isinstance(case.expected, bytes):
