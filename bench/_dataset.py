@@ -156,12 +156,23 @@ def _sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def ensure(data_dir: Path, total_bytes: int, seed: int = 1) -> Dataset:
-    """The cached archive for (size, seed), building it (atomically) when missing."""
+def stem(total_bytes: int, seed: int = 1) -> str:
+    """File name (without suffix) of the cached archive for (size, seed)."""
+    return f"model-{total_bytes}-s{seed}-g{GENERATOR_VERSION}"
+
+
+def ensure(
+    data_dir: Path, total_bytes: int, seed: int = 1, keep: frozenset[str] = frozenset()
+) -> Dataset:
+    """The cached archive for (size, seed), building it (atomically) when missing.
+
+    Building one deletes the other cached archives, except those whose ``stem`` is in ``keep``
+    (a run that needs two sizes keeps both).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"model-{total_bytes}-s{seed}-g{GENERATOR_VERSION}"
-    archive = data_dir / f"{stem}.tar.zst"
-    meta_path = data_dir / f"{stem}.json"
+    name = stem(total_bytes, seed)
+    archive = data_dir / f"{name}.tar.zst"
+    meta_path = data_dir / f"{name}.json"
     if archive.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta["archive_bytes"] == archive.stat().st_size:
@@ -169,8 +180,9 @@ def ensure(data_dir: Path, total_bytes: int, seed: int = 1) -> Dataset:
             return Dataset(archive, meta["archive_bytes"], meta["sha256"], members)
     if shutil.which("zstd") is None:
         raise SystemExit("the zstd command is needed to build the archive: apt-get install zstd")
-    for stale in data_dir.glob("model-*"):  # one cached archive at a time: they are large
-        stale.unlink()
+    for stale in data_dir.glob("model-*"):  # few cached archives at a time: they are large
+        if stale.name.split(".")[0] not in keep | {name}:
+            stale.unlink()
     print(f"building {archive.name} ({total_bytes / 2**30:.2f} GiB of content) ...", flush=True)
     partial = archive.with_suffix(".partial")
     hashed = _write_archive(plan(total_bytes, seed), partial, seed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,26 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import _apt  # bench/ is on sys.path when fetch.py runs as a script
+
 _CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
 
 def ensure_installed() -> Path:
     """Path of the nginx binary, running ``apt-get install -y nginx`` first if there is none."""
-    found = shutil.which("nginx") or next((c for c in _CANDIDATES if Path(c).exists()), None)
-    if found:
-        return Path(found)
-    if os.geteuid() != 0:
-        raise SystemExit("nginx is missing and we are not root: apt-get install -y nginx")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("installing nginx from Debian ...", flush=True)
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx"], check=True, env=env
-    )
-    found = shutil.which("nginx") or next((c for c in _CANDIDATES if Path(c).exists()), None)
-    if not found:
-        raise SystemExit("apt-get installed nginx but no nginx binary was found")
-    return Path(found)
+    return _apt.ensure("nginx", "nginx", _CANDIDATES)
 
 
 def free_port(preferred: int) -> int:
