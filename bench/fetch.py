@@ -427,13 +427,19 @@ def run_one(
 
 
 def profile(
-    m: Method, url: str, dataset: _dataset.Dataset, ctx_extra: RunContext, rate: int = 200
+    scenario: str,
+    m: Method,
+    url: str,
+    dataset: _dataset.Dataset,
+    ctx_extra: RunContext,
+    *,
+    rate: int = 200,
 ) -> Path:
     """One extra, untimed run of ``m`` under py-spy; returns the collapsed-stack file."""
     py_spy = shutil.which("py-spy") or shutil.which(str(VENV_BIN / "py-spy"))
     if py_spy is None:
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    base = WORK / "profile" / m.name
+    base = WORK / "profile" / f"{scenario}-{m.name}"
     shutil.rmtree(base, ignore_errors=True)
     (base / "out").mkdir(parents=True)
     (base / "scratch").mkdir()
@@ -848,7 +854,9 @@ def main(argv: list[str] | None = None) -> int:
                 ctx = RunContext(url, "", WORK, WORK, "", fetcher, args.max_disk_buffer)
                 for name in sc.methods:
                     if METHODS[name].fetcher:
-                        raws[f"{sc.name} {name}"] = profile(METHODS[name], url, dataset, ctx)
+                        raws[f"{sc.name} {name}"] = profile(
+                            sc.name, METHODS[name], url, dataset, ctx
+                        )
         rate = f"nginx limit_rate {sc.limit_rate} per connection" if sc.limit_rate else "no limit"
         headers[sc.name] = (
             f"{sc.name}: {sc.size_gib:g} GiB of content, {dataset.archive_bytes / 2**20:.0f} MiB "
