@@ -479,13 +479,15 @@ def _network_items(
 
 def _received(
     items: queue.Queue[object], stop: StopRequest
-) -> Iterator[_Hashed | StartOver | _End]:
+) -> Iterator[_Hashed | StartOver | _End | None]:
+    """The network thread's items in order; None whenever nothing came for a moment."""
     while True:
         try:
             item = items.get(timeout=0.2)
         except queue.Empty:
             if stop.event.is_set() and time.monotonic() - stop.requested_at > _STOP_GRACE:
                 stop.check()
+            yield None
             continue
         if isinstance(item, BaseException):
             raise item
@@ -525,6 +527,11 @@ def _consume(
     )
     try:
         for item in _received(_network_items(source, hasher, halt), stop):
+            if item is None:
+                # Waiting for bytes: a checkpoint now may be what frees the window for them.
+                if checkpointer.due(current.bytes):
+                    saver.between_chunks(current)
+                continue
             if isinstance(item, _End):
                 current.finish()
                 return item.hasher.hexdigest(), current
@@ -603,6 +610,13 @@ class _Saver:
         )
         if accepted:
             current.tree.completed.clear()
+
+    def between_chunks(self, current: Pass) -> None:
+        """Between chunks: a full checkpoint if the decoder stands at a boundary."""
+        if current.restorable and current.at_boundary:
+            self.full(current)
+        else:
+            self.progress(current)
 
     def last(self, current: Pass, *, restorable: bool) -> None:
         """On the way out after a signal: one more checkpoint, on disk before exiting."""

@@ -29,6 +29,7 @@ from fetcher.responses import (
     paced_body,
     retry_after,
     strong_etag,
+    transport_errors_retryable,
     unsatisfied_length,
 )
 from fetcher.urls import redact
@@ -171,36 +172,32 @@ class MirroredStream:
             if identity and url == identity_url and (identity.etag or identity.last_modified):
                 headers["If-Range"] = identity.etag or identity.last_modified or ""
         self.stats.requests += 1
-        try:
-            with self._client.stream("GET", url, headers=headers) as response:
-                served = self._check_response(response, position)
-                if identity is not None:
-                    same, why = identity.same_file(
-                        served, compare_validators=self._compare_validators
-                    )
-                    if not same:
-                        self.stats.notes.append(f"started over: {why}")
-                        log.warning(
-                            "origin %s serves a different file (%s); starting over from byte 0",
-                            redact(url), why,
-                        )  # fmt: skip
-                        yield StartOver(why)
-                        if response.status_code == 206:
-                            raise _AskAgainFromStart
-                        position = 0
-                yield served
-                skip = position if response.status_code == 200 else 0
-                if skip:
+        with (
+            transport_errors_retryable(),
+            self._client.stream("GET", url, headers=headers) as response,
+        ):
+            served = self._check_response(response, position)
+            if identity is not None:
+                same, why = identity.same_file(served, compare_validators=self._compare_validators)
+                if not same:
+                    self.stats.notes.append(f"started over: {why}")
                     log.warning(
-                        "origin %s ignored the Range request; reading past %d bytes already had",
-                        redact(url), skip,
+                        "origin %s serves a different file (%s); starting over from byte 0",
+                        redact(url), why,
                     )  # fmt: skip
-                self.stats.origin = redact(url)
-                yield from self._body(response, skip, position, served)
-        except httpx.TimeoutException as error:
-            raise Retryable(f"timed out ({type(error).__name__})") from None
-        except httpx.TransportError as error:
-            raise Retryable(f"connection failed: {error or type(error).__name__}") from None
+                    yield StartOver(why)
+                    if response.status_code == 206:
+                        raise _AskAgainFromStart
+                    position = 0
+            yield served
+            skip = position if response.status_code == 200 else 0
+            if skip:
+                log.warning(
+                    "origin %s ignored the Range request; reading past %d bytes already had",
+                    redact(url), skip,
+                )  # fmt: skip
+            self.stats.origin = redact(url)
+            yield from self._body(response, skip, position, served)
 
     def _check_response(self, response: httpx.Response, position: int) -> Identity:
         status = response.status_code

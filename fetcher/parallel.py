@@ -32,6 +32,7 @@ from fetcher.responses import (
     paced_body,
     retry_after,
     strong_etag,
+    transport_errors_retryable,
 )
 from fetcher.urls import redact
 
@@ -198,7 +199,8 @@ class ParallelDownload:
 
     def _dispatchable(self) -> tuple[int, int] | None:
         """The first missing range nobody fetches, if the window allows it."""
-        # The decoder is starved when nothing is held at its position; that range always goes.
+        # The decoder is starved when nothing is held at its position; that range goes unless
+        # the decoded bytes still awaiting a checkpoint fill the window on their own.
         starved = self._have.contiguous_end(self._consumed) == self._consumed
         position = self._consumed
         while position < self._length:
@@ -217,7 +219,10 @@ class ParallelDownload:
             # not yet decoded, and bytes on their way.
             held = self._consumed - self._released + self._have.total(self._consumed)
             pending = held + sum(e - s for s, e in self._in_flight)
-            if (starved and start == self._consumed) or pending < self._buffer:
+            behind = self._consumed - self._released  # decoded, awaiting a checkpoint
+            if pending < self._buffer or (
+                starved and start == self._consumed and behind < self._buffer
+            ):
                 return start, end
             return None
         return None
@@ -263,25 +268,23 @@ class ParallelDownload:
             headers["If-Match"] = origin.etag
         with self._cond:
             self.stats.requests += 1
-        try:
-            with self._client.stream("GET", origin.url, headers=headers) as response:
-                self._check(origin, response, start, end)
-                position = start
-                check_stop = self._check_stop
-                for data in paced_body(response, self._limiter, self._policy, check_stop):
-                    piece = data[: end - position]
-                    self._part.write_at(position, piece)
-                    with self._cond:
-                        self._have.add(position, position + len(piece))
-                        self.stats.bytes_received += len(piece)
-                        self._cond.notify_all()
-                    position += len(piece)
-                if position < end:
-                    raise Retryable(f"body ended at byte {position} of a range ending at {end}")
-        except httpx.TimeoutException as error:
-            raise Retryable(f"timed out ({type(error).__name__})") from None
-        except httpx.TransportError as error:
-            raise Retryable(f"connection failed: {error or type(error).__name__}") from None
+        with (
+            transport_errors_retryable(),
+            self._client.stream("GET", origin.url, headers=headers) as response,
+        ):
+            self._check(origin, response, start, end)
+            position = start
+            check_stop = self._check_stop
+            for data in paced_body(response, self._limiter, self._policy, check_stop):
+                piece = data[: end - position]
+                self._part.write_at(position, piece)
+                with self._cond:
+                    self._have.add(position, position + len(piece))
+                    self.stats.bytes_received += len(piece)
+                    self._cond.notify_all()
+                position += len(piece)
+            if position < end:
+                raise Retryable(f"body ended at byte {position} of a range ending at {end}")
 
     def _check(self, origin: _Origin, response: httpx.Response, start: int, end: int) -> None:
         status = response.status_code

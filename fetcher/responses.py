@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import random
 import re
@@ -81,6 +82,17 @@ def strong_etag(response: httpx.Response) -> str | None:
     return None if not etag or etag.startswith("W/") else etag
 
 
+@contextlib.contextmanager
+def transport_errors_retryable() -> Iterator[None]:
+    """httpx's connection and timeout errors, as the Retryable failures they are."""
+    try:
+        yield
+    except httpx.TimeoutException as error:
+        raise Retryable(f"timed out ({type(error).__name__})") from None
+    except httpx.TransportError as error:
+        raise Retryable(f"connection failed: {error or type(error).__name__}") from None
+
+
 def paced_body(
     response: httpx.Response,
     limiter: RateLimiter,
@@ -91,7 +103,7 @@ def paced_body(
     window_start = time.monotonic()
     window_bytes = 0
     throttled = 0.0
-    try:
+    with transport_errors_retryable():
         for chunk in response.iter_raw():
             throttled += limiter.take(len(chunk))
             yield chunk
@@ -105,10 +117,6 @@ def paced_body(
                         f"below {policy.low_speed_limit} bytes/s"
                     )
                 window_start, window_bytes, throttled = time.monotonic(), 0, 0.0
-    except httpx.TimeoutException as error:
-        raise Retryable(f"timed out ({type(error).__name__})") from None
-    except httpx.TransportError as error:
-        raise Retryable(f"connection failed: {error or type(error).__name__}") from None
 
 
 def unsatisfied_length(response: httpx.Response) -> int | None:
