@@ -1,4 +1,8 @@
-"""One JSON object per log line, so that admissions can be searched by uid, namespace, decision."""
+"""One JSON object per log line, so that admissions can be searched by uid, namespace, decision.
+
+Every admission writes one line, so the line is cheap: orjson encodes it, and log records skip
+the thread and process lookups that no line shows.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 ADMISSION_LOGGER = "webhook.admission"
 
@@ -24,11 +30,15 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        try:
+            return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # what orjson refuses (an integer beyond 64 bits), json still writes
+            return json.dumps(line, default=str)
 
 
 def configure_logging(level: str) -> None:
     """Route every logger (uvicorn's included) through one JSON handler on stderr."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

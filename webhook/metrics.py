@@ -30,12 +30,28 @@ class WebhookMetrics:
             registry=self.registry,
         )
 
+        # labels() takes a lock and builds a key on every call; the children never change, so
+        # each is looked up once and kept (the namespaces too: there are few of them).
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._injections: dict[str, Counter] = {}
+
     def observe(self, endpoint: str, result: str, seconds: float) -> None:
-        self.requests.labels(endpoint, result).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        key = (endpoint, result)
+        requests = self._requests.get(key)
+        if requests is None:
+            requests = self._requests[key] = self.requests.labels(endpoint, result)
+        requests.inc()
+        latency = self._latency.get(endpoint)
+        if latency is None:
+            latency = self._latency[endpoint] = self.latency.labels(endpoint)
+        latency.observe(seconds)
 
     def injected(self, namespace: str) -> None:
-        self.injections.labels(namespace).inc()
+        injections = self._injections.get(namespace)
+        if injections is None:
+            injections = self._injections[namespace] = self.injections.labels(namespace)
+        injections.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
