@@ -67,8 +67,9 @@ class AdmissionEndpoint:
             await _send_json(send, 500, b'{"error":"internal error"}')
             return
         elapsed = time.perf_counter() - started
-        _record(self.metrics, self.endpoint, outcome, elapsed)
         await _send_json(send, 200, content)
+        # Counted and logged once the answer is on its way, not before it.
+        _record(self.metrics, self.endpoint, outcome, elapsed)
 
 
 class WebhookApp(FastAPI):
