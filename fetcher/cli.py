@@ -17,6 +17,7 @@ from fetcher.errors import FetchError, UsageError
 from fetcher.fetch import FetchRequest, StopRequest, fetch
 from fetcher.formats import FORMAT_CHOICES, parse_format
 from fetcher.logs import configure
+from fetcher.objectstores import bucket_and_key, is_store_url
 from fetcher.progress import Progress
 from fetcher.responses import RetryPolicy
 from fetcher.units import parse_rate, parse_size
@@ -32,6 +33,10 @@ exit codes: 0 success, 2 usage, 3 checksum mismatch, 4 unsafe or corrupt archive
 sizes take K/M/G (decimal) and Ki/Mi/Gi (binary); a rate may end in /s.
 --auth-from env:NAME or file:PATH names where the Authorization header value is kept
 (e.g. "Bearer ..."); the value itself never appears in arguments or logs.
+
+s3:// URLs use the AWS credential chain (AWS_ACCESS_KEY_ID..., IRSA, container and instance
+credentials; none: anonymous) and AWS_REGION; gs:// URLs use Google Application Default
+Credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity; none: anonymous).
 """
 
 
@@ -42,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", metavar="URL", help="http(s) URL of the archive or file")
+    parser.add_argument(
+        "url", metavar="URL", help="http(s), s3:// or gs:// URL of the archive or file"
+    )
     parser.add_argument("-o", "--output", metavar="DIR", required=True, type=Path)
     parser.add_argument(
         "--mirror", metavar="URL", action="append", default=[],
@@ -79,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--auth-from", metavar="env:NAME|file:PATH")
     parser.add_argument("--ca-bundle", metavar="FILE", type=Path)
+    parser.add_argument(
+        "--s3-endpoint", metavar="URL",
+        help="S3-compatible endpoint for s3:// URLs, path-style (default: AWS_ENDPOINT_URL, "
+        "else AWS)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--s3-region", metavar="REGION",
+        help="region of the s3:// buckets (default: AWS_REGION, the AWS config, else us-east-1)",
+    )  # fmt: skip
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument(
         "--progress-interval", metavar="SECONDS", type=float, default=5.0,
@@ -111,6 +127,8 @@ def read_authorization(spec: str) -> str:
 def request_from_args(args: argparse.Namespace) -> FetchRequest:
     for url in (args.url, *args.mirror):
         validate_url(url)
+        if is_store_url(url):
+            bucket_and_key(url)
     if args.sha256 is not None and not _HEX64.match(args.sha256):
         raise UsageError("--sha256 must be 64 hexadecimal characters")
     if args.connections < 1 or args.retries < 0:
@@ -140,6 +158,8 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
         ),
         authorization=read_authorization(args.auth_from) if args.auth_from else None,
         ca_bundle=args.ca_bundle,
+        s3_endpoint=args.s3_endpoint,
+        s3_region=args.s3_region,
         checkpoint_interval=args.checkpoint_interval,
         connections=args.connections,
         chunk_size=parse_size(args.chunk_size, what="--chunk-size"),

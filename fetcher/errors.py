@@ -61,11 +61,11 @@ class CorruptArchive(FetchError):
 class SourceUnreachable(FetchError):
     exit_code = 5
 
-    def __init__(self, attempts: list[str]) -> None:
+    def __init__(self, attempts: list[str], hint: str = "") -> None:
         lines = "\n".join(f"  {a}" for a in attempts)
         super().__init__(
             f"no origin could serve the file:\n{lines}\nall origins failed after their retries",
-            "check the URLs, network policy and credentials, or add a --mirror",
+            hint or "check the URLs, network policy and credentials, or add a --mirror",
         )
         self.attempts = attempts
 

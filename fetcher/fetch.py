@@ -36,6 +36,7 @@ from fetcher.marker import (
     write_atomically,
     write_marker,
 )
+from fetcher.objectstores import Target, resolve
 from fetcher.origins import MirroredStream, StartOver, StreamStats
 from fetcher.parallel import ParallelDownload, Probe, SourceChanged, probe
 from fetcher.partfile import PartFile
@@ -71,11 +72,17 @@ class FetchRequest:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     authorization: str | None = field(default=None, repr=False)
     ca_bundle: Path | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
     connect_timeout: float = 15.0
     checkpoint_interval: float = 2.0
     connections: int = 4
     chunk_size: int = 16 << 20
     max_disk_buffer: int = 1 << 30
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url, *self.mirrors]
 
     @property
     def state_dir(self) -> Path:
@@ -262,9 +269,19 @@ def _download(
     limiter: RateLimiter = (
         TokenBucket(request.max_bandwidth) if request.max_bandwidth else Unlimited()
     )
-    urls = [request.url, *request.mirrors]
+    targets = [
+        resolve(url, s3_endpoint=request.s3_endpoint, s3_region=request.s3_region)
+        for url in request.urls
+    ]
+    for target in targets:
+        if target.store:
+            log.info(
+                "%s: %s credentials%s",
+                target.shown, target.credentials,
+                f", region {target.region}" if target.region else "",
+            )  # fmt: skip
     with _client(request) as client:
-        probed = probe(urls, client) if request.connections > 1 else None
+        probed = probe(targets, client) if request.connections > 1 else None
         if resume and probed:
             known = Identity(resume.length, resume.etag, resume.last_modified)
             same, why = known.same_file(probed.identity, compare_validators=True)
@@ -279,6 +296,7 @@ def _download(
         halt = threading.Event()
         source = _source(
             request,
+            targets,
             client,
             limiter=limiter,
             halt=halt,
@@ -333,6 +351,7 @@ def _download(
 
 def _source(
     request: FetchRequest,
+    targets: list[Target],
     client: httpx.Client,
     *,
     limiter: RateLimiter,
@@ -341,7 +360,6 @@ def _source(
     probed: Probe | None,
     resumed: bool,
 ) -> Source:
-    urls = [request.url, *request.mirrors]
     if probed is not None and probed.ranges and probed.identity.length:
         chunk = min(
             request.chunk_size, max(request.max_disk_buffer // request.connections, 1 << 18)
@@ -353,7 +371,7 @@ def _source(
             )  # fmt: skip
         part = PartFile(request.state_dir / "download.part", probed.identity.length, keep=resumed)
         return ParallelDownload(
-            urls,
+            targets,
             client,
             policy=request.retry,
             limiter=limiter,
@@ -371,7 +389,7 @@ def _source(
         log.info("the origin does not honour Range requests: fetching over one connection")
     known = Identity(checkpoint.length, checkpoint.etag, checkpoint.last_modified)
     return MirroredStream(
-        urls,
+        targets,
         client,
         request.retry,
         limiter,

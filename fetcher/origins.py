@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from fetcher.errors import Interrupted, SourceUnreachable
+from fetcher.objectstores import StoreRefused, Target, refusal
 from fetcher.ratelimit import RateLimiter
 from fetcher.responses import (
     CONTENT_RANGE,
@@ -32,7 +33,6 @@ from fetcher.responses import (
     transport_errors_retryable,
     unsatisfied_length,
 )
-from fetcher.urls import redact
 
 log = logging.getLogger("model-fetch")
 
@@ -64,7 +64,7 @@ class StreamStats:
 class MirroredStream:
     def __init__(
         self,
-        urls: list[str],
+        targets: list[Target],
         client: httpx.Client,
         policy: RetryPolicy,
         limiter: RateLimiter,
@@ -74,7 +74,7 @@ class MirroredStream:
         start: int = 0,
         identity: Identity | None = None,
     ) -> None:
-        self._urls = urls
+        self._targets = targets
         self._client = client
         self._policy = policy
         self._limiter = limiter
@@ -86,26 +86,28 @@ class MirroredStream:
         # A resumed run carries on from start, provided the file is still the one it had.
         self._position = start
         self._identity = identity
-        self._identity_url = urls[0] if identity else ""
+        self._identity_url = targets[0].url if identity else ""
 
     def chunks(self) -> Iterator[bytes | StartOver]:
         """The file's bytes in order; StartOver voids everything yielded before it."""
         failures_by_origin: list[str] = []
-        for url in self._urls:
-            gave_up = yield from self._from_origin(url)
+        for target in self._targets:
+            gave_up = yield from self._from_origin(target)
             if gave_up is None:
                 return
             failures_by_origin.append(gave_up)
-        raise SourceUnreachable(failures_by_origin)
+        # An object store's refusal says best what to check; the last one is the line to show.
+        hints = [f for f in failures_by_origin if f.startswith(("s3://", "gs://"))]
+        raise SourceUnreachable(failures_by_origin, hints[-1] if hints else "")
 
-    def _from_origin(self, url: str) -> Generator[bytes | StartOver, None, str | None]:
+    def _from_origin(self, target: Target) -> Generator[bytes | StartOver, None, str | None]:
         """Stream from one origin with retries: None once complete, else why it was left."""
-        shown = redact(url)
+        shown = target.shown
         failures = 0
         while True:
             self._check_stop()
             try:
-                yield from self._attempt(url)
+                yield from self._attempt(target)
                 return None
             except _AskAgainFromStart:
                 continue
@@ -115,9 +117,12 @@ class MirroredStream:
                     shown, self._position,
                 )  # fmt: skip
                 return None
-            except OriginRefused as refusal:
-                log.warning("origin %s refused: %s; trying the next origin", shown, refusal)
-                return f"{shown}: {refusal}"
+            except StoreRefused as refused:
+                log.warning("%s; trying the next origin", refused)
+                return str(refused)
+            except OriginRefused as refused:
+                log.warning("origin %s refused: %s; trying the next origin", shown, refused)
+                return f"{shown}: {refused}"
             except Retryable as error:
                 failures += 1
                 if failures > self._policy.retries or (
@@ -135,13 +140,13 @@ class MirroredStream:
                 if self._stop.wait(wait):
                     self._check_stop()
 
-    def _attempt(self, url: str) -> Iterator[bytes | StartOver]:
-        for item in self._read(url, self._position, self._identity, self._identity_url):
+    def _attempt(self, target: Target) -> Iterator[bytes | StartOver]:
+        for item in self._read(target, self._position, self._identity, self._identity_url):
             if isinstance(item, StartOver):
                 self._position, self._identity = 0, None
                 yield item
             elif isinstance(item, Identity):
-                self._identity, self._identity_url = item, url
+                self._identity, self._identity_url = item, target.url
                 self.stats.identity = item
             else:
                 self._position += len(item)
@@ -164,8 +169,9 @@ class MirroredStream:
             raise Interrupted(0, "a stop request")
 
     def _read(
-        self, url: str, position: int, identity: Identity | None, identity_url: str
+        self, target: Target, position: int, identity: Identity | None, identity_url: str
     ) -> Iterator[bytes | Identity | StartOver]:
+        url = target.url
         headers: dict[str, str] = {}
         if position:
             headers["Range"] = f"bytes={position}-"
@@ -174,16 +180,16 @@ class MirroredStream:
         self.stats.requests += 1
         with (
             transport_errors_retryable(),
-            self._client.stream("GET", url, headers=headers) as response,
+            self._client.stream("GET", url, headers=headers, auth=target.auth) as response,
         ):
-            served = self._check_response(response, position)
+            served = self._check_response(target, response, position)
             if identity is not None:
                 same, why = identity.same_file(served, compare_validators=self._compare_validators)
                 if not same:
                     self.stats.notes.append(f"started over: {why}")
                     log.warning(
                         "origin %s serves a different file (%s); starting over from byte 0",
-                        redact(url), why,
+                        target.shown, why,
                     )  # fmt: skip
                     yield StartOver(why)
                     if response.status_code == 206:
@@ -194,19 +200,19 @@ class MirroredStream:
             if skip:
                 log.warning(
                     "origin %s ignored the Range request; reading past %d bytes already had",
-                    redact(url), skip,
+                    target.shown, skip,
                 )  # fmt: skip
-            self.stats.origin = redact(url)
+            self.stats.origin = target.shown
             yield from self._body(response, skip, position, served)
 
-    def _check_response(self, response: httpx.Response, position: int) -> Identity:
+    def _check_response(self, target: Target, response: httpx.Response, position: int) -> Identity:
         status = response.status_code
         if status in RETRYABLE_STATUS:
             raise Retryable(f"HTTP {status}", retry_after(response))
         if status == 416 and position and unsatisfied_length(response) == position:
             raise _AlreadyComplete
         if status not in (200, 206):
-            raise OriginRefused(f"HTTP {status}")
+            raise refusal(target, response)
         etag = strong_etag(response)
         length: int | None
         if status == 206:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from fetcher.errors import Interrupted, SourceUnreachable
+from fetcher.objectstores import StoreRefused, Target, refusal
 from fetcher.origins import StreamStats
 from fetcher.partfile import PartFile
 from fetcher.ranges import RangeSet
@@ -34,7 +35,6 @@ from fetcher.responses import (
     strong_etag,
     transport_errors_retryable,
 )
-from fetcher.urls import redact
 
 log = logging.getLogger("model-fetch")
 
@@ -47,19 +47,22 @@ class SourceChanged(Exception):
 
 @dataclass
 class _Origin:
-    url: str
-    shown: str
+    target: Target
     etag: str | None = None
     failures: int = 0
     set_aside_until: float = 0.0
     in_flight: int = 0
     gave_up: str | None = None
 
+    @property
+    def shown(self) -> str:
+        return self.target.shown
+
 
 class ParallelDownload:
     def __init__(
         self,
-        urls: list[str],
+        targets: list[Target],
         client: httpx.Client,
         *,
         policy: RetryPolicy,
@@ -75,7 +78,7 @@ class ParallelDownload:
         start: int,
     ) -> None:
         assert identity.length is not None
-        self._origins = [_Origin(url, redact(url)) for url in urls]
+        self._origins = [_Origin(target) for target in targets]
         self._origins[identity_origin].etag = identity.etag
         self._client = client
         self._policy = policy
@@ -167,8 +170,10 @@ class ParallelDownload:
                     origin.failures = 0
                 except Retryable as error:
                     self._set_aside(origin, error)
-                except OriginRefused as refusal:
-                    self._give_up(origin, f"{origin.shown}: {refusal}")
+                except StoreRefused as refused:
+                    self._give_up(origin, str(refused))
+                except OriginRefused as refused:
+                    self._give_up(origin, f"{origin.shown}: {refused}")
                 finally:
                     with self._cond:
                         self._in_flight = [r for r in self._in_flight if r[1] != task[1]]
@@ -231,7 +236,9 @@ class ParallelDownload:
         """The least busy usable origin, or how long to wait for one to come back."""
         usable = [o for o in self._origins if o.gave_up is None]
         if not usable:
-            self._error = SourceUnreachable([o.gave_up or o.shown for o in self._origins])
+            attempts = [o.gave_up or o.shown for o in self._origins]
+            hints = [a for a in attempts if a.startswith(("s3://", "gs://"))]
+            self._error = SourceUnreachable(attempts, hints[-1] if hints else "")
             self._cond.notify_all()
             return 0.0
         now = time.monotonic()
@@ -270,7 +277,9 @@ class ParallelDownload:
             self.stats.requests += 1
         with (
             transport_errors_retryable(),
-            self._client.stream("GET", origin.url, headers=headers) as response,
+            self._client.stream(
+                "GET", origin.target.url, headers=headers, auth=origin.target.auth
+            ) as response,
         ):
             self._check(origin, response, start, end)
             position = start
@@ -295,7 +304,7 @@ class ParallelDownload:
         if status == 200:
             raise OriginRefused("it ignores Range requests, which parallel fetching needs")
         if status != 206:
-            raise OriginRefused(f"HTTP {status}")
+            raise refusal(origin.target, response)
         match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
         if not match or (int(match.group(1)), int(match.group(2))) != (start, end - 1):
             raise Retryable(
@@ -322,14 +331,16 @@ class Probe:
     origin: int  # index of the origin that answered
 
 
-def probe(urls: list[str], client: httpx.Client) -> Probe | None:
+def probe(targets: list[Target], client: httpx.Client) -> Probe | None:
     """Ask each origin once for byte 0: the file's identity and whether Range works.
 
     None when none answers at once; the streaming path then retries and reports each origin.
     """
-    for index, url in enumerate(urls):
+    for index, target in enumerate(targets):
         try:
-            with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as response:
+            with client.stream(
+                "GET", target.url, headers={"Range": "bytes=0-0"}, auth=target.auth
+            ) as response:
                 status = response.status_code
                 etag = strong_etag(response)
                 modified = response.headers.get("last-modified")
@@ -341,6 +352,6 @@ def probe(urls: list[str], client: httpx.Client) -> Probe | None:
                     declared = response.headers.get("content-length", "")
                     length = int(declared) if declared.isdigit() else None
                     return Probe(Identity(length, etag, modified), False, index)
-        except httpx.TransportError:
-            continue
+        except (httpx.TransportError, OriginRefused):
+            continue  # the streaming path retries it and reports why
     return None

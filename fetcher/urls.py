@@ -6,15 +6,15 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from fetcher.errors import UsageError
 
-SUPPORTED_SCHEMES = ("http", "https")
+SUPPORTED_SCHEMES = ("http", "https", "s3", "gs")
 
 
 def validate_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in SUPPORTED_SCHEMES or not parts.netloc:
         raise UsageError(
-            f"{redact(url)!r} is not an http(s) URL",
-            "give a URL such as https://host/path/model.tar.zst",
+            f"{redact(url)!r} is not an http(s), s3 or gs URL",
+            "give a URL such as https://host/path/model.tar.zst or s3://bucket/path/model.tar.zst",
         )
     return url
 

@@ -352,7 +352,7 @@ def test_auth_from_a_file(origin: Origin, tmp_path: Path) -> None:
         (("--auth-from", "vault:x"), "env:NAME or file:PATH"),
         (("--max-bandwidth", "fast"), "is not a size"),
         (("--format", "rar"), "unknown"),
-        (("--mirror", "ftp://host/x"), "not an http(s) URL"),
+        (("--mirror", "ftp://host/x"), "is not an http(s), s3 or gs URL"),
     ],
 )
 def test_usage_errors_exit_2_with_a_reason(
