@@ -435,7 +435,11 @@ class _End:
 
 
 def _batched(chunks: Iterator[bytes | StartOver]) -> Iterator[bytes | StartOver]:
-    """Network reads (64 KiB) joined into ~1 MiB pieces: fewer hand-overs, same order."""
+    """Network reads (64 KiB) joined into ~1 MiB pieces: fewer hand-overs, same order.
+
+    An empty chunk is a source's word that it is about to wait: what is held goes on at once,
+    since the source may be waiting for the decoder to work through exactly these bytes.
+    """
     pending: list[bytes] = []
     size = 0
     started = 0.0
@@ -443,6 +447,11 @@ def _batched(chunks: Iterator[bytes | StartOver]) -> Iterator[bytes | StartOver]
         if isinstance(item, StartOver):
             pending, size = [], 0
             yield item
+            continue
+        if not item:
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
             continue
         if not pending:
             started = time.monotonic()

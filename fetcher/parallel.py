@@ -110,6 +110,8 @@ class ParallelDownload:
         try:
             position = self._consumed
             while position < self._length:
+                if not self._holds(position):
+                    yield b""  # about to wait: whoever batches must pass on what it holds
                 end = self._wait_for(position)
                 data = self._part.read_at(position, min(end, position + READ_SIZE) - position)
                 position += len(data)
@@ -125,6 +127,10 @@ class ParallelDownload:
                 self._cond.notify_all()
             for worker in workers:
                 worker.join(timeout=10)
+
+    def _holds(self, position: int) -> bool:
+        with self._cond:
+            return self._have.contiguous_end(position) > position
 
     def _wait_for(self, position: int) -> int:
         with self._cond:
