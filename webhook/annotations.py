@@ -29,7 +29,7 @@ from webhook.quantities import (
     parse_quantity,
 )
 from webhook.settings import Settings
-from webhook.urls import url_problem
+from webhook.urls import is_http, scheme_of, url_problem
 
 MODEL_KEYS = (
     "source",
@@ -47,6 +47,8 @@ MODEL_KEYS = (
     "max-disk-buffer",
     "ca-bundle",
     "credentials-secret",
+    "s3-endpoint",
+    "s3-region",
     "cpu-request",
     "cpu-limit",
     "memory-request",
@@ -65,6 +67,7 @@ _EXTRACT_MODES: dict[str, ExtractMode] = {"auto": "auto", "none": "none"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # model-fetch-<name> must still be a 63-character DNS label.
 _MAX_MODEL_NAME = 63 - len(FETCH_CONTAINER) - 1
 
@@ -191,11 +194,13 @@ class _ModelReader:
             )
             return None
         source = self.url("source")
+        mirrors = self.mirrors()
         volume = self.volume()
+        uses_s3 = any(scheme_of(url) == "s3" for url in (source, *mirrors))
         return ModelSpec(
             name=self.model,
             source=source,
-            mirrors=self.mirrors(),
+            mirrors=mirrors,
             sha256=self.sha256(),
             mount_path=self.mount_path(),
             containers=self.containers(),
@@ -209,6 +214,8 @@ class _ModelReader:
             max_disk_buffer=self.max_disk_buffer(),
             ca_bundle=self.optional("ca-bundle", _is_dns_subdomain, _CONFIGMAP),
             credentials_secret=self.optional("credentials-secret", _is_dns_subdomain, _CREDENTIALS),
+            s3_endpoint=self.s3_endpoint(uses_s3=uses_s3),
+            s3_region=self.s3_only("s3-region", _is_region, _REGION, uses_s3=uses_s3),
             resources=self.resources(),
             init_first=self.flag("init-first", default=False),
         )
@@ -351,6 +358,28 @@ class _ModelReader:
             return None
         return value
 
+    def s3_endpoint(self, *, uses_s3: bool) -> str | None:
+        value = self.s3_only("s3-endpoint", _has_no_query, _ENDPOINT, uses_s3=uses_s3)
+        if value is None:
+            return None
+        problem = url_problem(self.key("s3-endpoint"), value, self.settings)
+        if problem:
+            self.problems.append(problem)
+            return None
+        if not is_http(value):
+            self.refuse("s3-endpoint", _ENDPOINT)
+            return None
+        return value
+
+    def s3_only(
+        self, key: str, is_valid: Callable[[str], bool], expected: str, *, uses_s3: bool
+    ) -> str | None:
+        """An option of s3:// sources, refused where no source or mirror is on S3."""
+        if key in self.values and not uses_s3:
+            self.refuse(key, f"no {key} unless the source or a mirror is an s3:// URL")
+            return None
+        return self.optional(key, is_valid, expected)
+
     def resources(self) -> FetchResources:
         settings = self.settings
         cpu_request = self.quantity("cpu-request", settings.fetcher_cpu_request, _CPU)
@@ -388,6 +417,14 @@ def _is_dns_subdomain(value: str) -> bool:
     return len(value) <= 253 and _DNS_SUBDOMAIN.match(value) is not None
 
 
+def _has_no_query(url: str) -> bool:
+    return "?" not in url and "#" not in url
+
+
+def _is_region(value: str) -> bool:
+    return _REGION_NAME.match(value) is not None
+
+
 def _is_clean_absolute_path(value: str) -> bool:
     return (
         value.startswith("/")
@@ -405,4 +442,9 @@ _CPU = "a positive Kubernetes quantity such as 500m or 2"
 _MEMORY = "a positive Kubernetes quantity such as 512Mi or 2Gi"
 _CONFIGMAP = "the name of a ConfigMap in the pod's namespace (key ca.crt)"
 _CREDENTIALS = "the name of a Secret in the pod's namespace"
+_ENDPOINT = (
+    "the http(s) URL of an S3-compatible endpoint, without query, such as "
+    "http://minio.storage.svc:9000"
+)
+_REGION = "an S3 region name such as eu-west-1"
 _CLAIM = "the name of a PersistentVolumeClaim in the pod's namespace"

@@ -29,6 +29,7 @@ class Container(TypedDict, total=False):
     imagePullPolicy: str
     command: list[str]
     args: list[str]
+    env: list[dict[str, Any]]
     envFrom: list[dict[str, Any]]
     resources: dict[str, dict[str, str]]
     securityContext: dict[str, Any]
@@ -42,6 +43,7 @@ class Volume(TypedDict, total=False):
     persistentVolumeClaim: dict[str, Any]
     ephemeral: dict[str, Any]
     configMap: dict[str, Any]
+    secret: dict[str, Any]
 
 
 class PodSpec(TypedDict, total=False):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from webhook.bodies import Container, Volume, VolumeMount
-from webhook.modelspec import ModelSpec
+from webhook.modelspec import GCS_KEY_FILE, ModelSpec
 from webhook.settings import Settings
 from webhook.urls import is_http
 
 FETCH_COMMAND = "model-fetch"
 AUTH_ENV = "AUTHORIZATION"
+GOOGLE_CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 
 
 def fetch_args(spec: ModelSpec) -> list[str]:
@@ -24,6 +25,10 @@ def fetch_args(spec: ModelSpec) -> list[str]:
     args += ["--max-disk-buffer", spec.max_disk_buffer, "--format", spec.extract]
     if spec.ca_bundle:
         args += ["--ca-bundle", f"{spec.ca_dir}/ca.crt"]
+    if spec.s3_endpoint:
+        args += ["--s3-endpoint", spec.s3_endpoint]
+    if spec.s3_region:
+        args += ["--s3-region", spec.s3_region]
     if spec.credentials_secret and any(is_http(url) for url in spec.urls):
         args += ["--auth-from", f"env:{AUTH_ENV}"]
     args += ["--log-format", "json"]
@@ -54,8 +59,28 @@ def ca_volume(spec: ModelSpec) -> Volume:
     }
 
 
+def credentials_volume(spec: ModelSpec) -> Volume:
+    """The credentials Secret's Google key file, for gs:// sources (ADC reads a file, not env).
+
+    Only that key is projected, so a Secret without it stops the pod with the kubelet's own
+    "couldn't find key" event instead of a silently anonymous download.
+    """
+    return {
+        "name": spec.credentials_volume_name,
+        "secret": {
+            "secretName": spec.credentials_secret,
+            "items": [{"key": GCS_KEY_FILE, "path": GCS_KEY_FILE}],
+        },
+    }
+
+
 def volumes_for(spec: ModelSpec) -> list[Volume]:
-    return [model_volume(spec), *([ca_volume(spec)] if spec.ca_bundle else [])]
+    volumes = [model_volume(spec)]
+    if spec.ca_bundle:
+        volumes.append(ca_volume(spec))
+    if spec.gcs_key_file:
+        volumes.append(credentials_volume(spec))
+    return volumes
 
 
 def app_mount(spec: ModelSpec) -> VolumeMount:
@@ -66,6 +91,14 @@ def fetch_container(spec: ModelSpec, settings: Settings) -> Container:
     mounts: list[VolumeMount] = [{"name": spec.volume_name, "mountPath": spec.mount_path}]
     if spec.ca_bundle:
         mounts.append({"name": spec.ca_volume_name, "mountPath": spec.ca_dir, "readOnly": True})
+    if spec.gcs_key_file:
+        mounts.append(
+            {
+                "name": spec.credentials_volume_name,
+                "mountPath": spec.credentials_dir,
+                "readOnly": True,
+            }
+        )
     # An emptyDir lives on the node's disk, so the pod reserves its size there. There is
     # deliberately no ephemeral-storage limit: the kubelet compares a pod-level limit with the
     # usage of the whole pod, emptyDir included, and would evict the pod mid-download.
@@ -93,6 +126,8 @@ def fetch_container(spec: ModelSpec, settings: Settings) -> Container:
     }
     if spec.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret}}]
+    if spec.gcs_key_file:
+        container["env"] = [{"name": GOOGLE_CREDENTIALS_ENV, "value": spec.gcs_key_file}]
     return container
 
 

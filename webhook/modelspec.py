@@ -10,6 +10,9 @@ FETCH_CONTAINER = "model-fetch"
 VOLUME = "model"
 CA_VOLUME = "model-ca"
 CA_DIR = "/etc/model-fetch/ca"
+CREDENTIALS_VOLUME = "model-credentials"
+CREDENTIALS_DIR = "/var/run/secrets/model-fetch"
+GCS_KEY_FILE = "key.json"  # the credentials Secret's key holding a Google credentials JSON
 
 VolumeKind = Literal["emptyDir", "pvc", "ephemeral"]
 ExtractMode = Literal["auto", "none"]
@@ -42,6 +45,8 @@ class ModelSpec:
     max_bandwidth: str | None = None
     ca_bundle: str | None = None
     credentials_secret: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
     init_first: bool = False
 
     def _suffixed(self, base: str) -> str:
@@ -62,6 +67,22 @@ class ModelSpec:
     @property
     def ca_dir(self) -> str:
         return self._suffixed(CA_DIR)
+
+    @property
+    def credentials_volume_name(self) -> str:
+        return self._suffixed(CREDENTIALS_VOLUME)
+
+    @property
+    def credentials_dir(self) -> str:
+        return self._suffixed(CREDENTIALS_DIR)
+
+    @property
+    def gcs_key_file(self) -> str | None:
+        """Where a gs:// source's Google credentials file sits, when the Secret provides one."""
+        uses_gcs = any(url.lower().startswith("gs://") for url in self.urls)
+        if not (uses_gcs and self.credentials_secret):
+            return None
+        return f"{self.credentials_dir}/{GCS_KEY_FILE}"
 
     @property
     def urls(self) -> tuple[str, ...]:

@@ -1,15 +1,27 @@
-"""Policy checks on source and mirror URLs: scheme, host pattern, and nothing secret in them."""
+"""Policy checks on source and mirror URLs: scheme, host pattern, and nothing secret in them.
+
+For http(s) URLs the allowed-host patterns match the host name. For object-store URLs
+(s3://BUCKET/KEY, gs://BUCKET/KEY) only the patterns that name a scheme (`s3://team-*`) are
+matched, against `s3://BUCKET` or `gs://BUCKET`, so a pattern written for hosts never admits a
+bucket by accident; `*` alone admits everything.
+"""
 
 from __future__ import annotations
 
 import re
 from fnmatch import fnmatchcase
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from webhook.errors import invalid_value
 from webhook.settings import Settings
 
+STORE_SCHEMES = ("s3", "gs")
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# S3: 3-63 characters, no underscores. GCS also allows underscores, and up to 222 with dots.
+_BUCKET = {
+    "s3": re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+    "gs": re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"),
+}
 
 
 def url_problem(key: str, url: str, settings: Settings) -> str | None:  # noqa: PLR0911
@@ -31,6 +43,8 @@ def url_problem(key: str, url: str, settings: Settings) -> str | None:  # noqa: 
         return invalid_value(
             key, url, "a URL without user or password (use credentials-secret instead)"
         )
+    if scheme in STORE_SCHEMES:
+        return _object_problem(key, url, parts, settings)
     host = parts.hostname
     if not host or not port_is_valid:
         return invalid_value(key, url, f"a {schemes} URL with a valid host and port")
@@ -42,5 +56,34 @@ def url_problem(key: str, url: str, settings: Settings) -> str | None:  # noqa: 
     return None
 
 
+def _object_problem(key: str, url: str, parts: SplitResult, settings: Settings) -> str | None:
+    scheme = parts.scheme.lower()
+    bucket, object_key = parts.netloc, parts.path.lstrip("/")
+    if not _BUCKET[scheme].match(bucket) or not object_key or parts.query or parts.fragment:
+        return invalid_value(
+            key,
+            url,
+            f"{scheme}://BUCKET/KEY with a valid bucket name (lower-case letters, digits, "
+            f"'-' and '.') and an object key, without query or fragment",
+        )
+    named = f"{scheme}://{bucket}"
+    bucket_patterns = [p for p in settings.allowed_hosts if p == "*" or "://" in p]
+    if not any(fnmatchcase(named, pattern) for pattern in bucket_patterns):
+        patterns = settings.allowed_hosts
+        return invalid_value(
+            key,
+            url,
+            f"an object whose bucket ({named}) matches one of the allowed hosts "
+            f"{', '.join(patterns)}",
+        )
+    return None
+
+
+def scheme_of(url: str) -> str:
+    """The scheme, lower-cased; "" when there is none. Never raises, even on a malformed URL."""
+    scheme, separator, _ = url.partition("://")
+    return scheme.lower() if separator else ""
+
+
 def is_http(url: str) -> bool:
-    return urlsplit(url).scheme.lower() in ("http", "https")
+    return scheme_of(url) in ("http", "https")
