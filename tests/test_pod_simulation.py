@@ -7,6 +7,10 @@ as the apiserver applies it, then the injected `model-fetch` init container runs
 command, args and env, under its securityContext, in a mount namespace where its volume sits at
 its mountPath (tests/support/kubelet.py). Finally the app containers, with their read-only mount,
 see the verified tree and cannot write to it.
+
+The object-store cases put the same archive in moto's S3 (IAM and signatures enforced) and in a
+GCS emulator, both on 127.0.0.1, and hand the fetch container its keys through a Secret exactly
+as the injected envFrom and secret volume deliver them.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ from tests.support.kubelet import (
     check_namespaces,
     host_image,
 )
+from tests.support.objectstores import (
+    ACCESS_TOKEN,
+    JWT_BEARER,
+    TokenServer,
+    gcs_emulator,
+    s3_with_iam,
+    service_account_key,
+)
 from tests.support.origin import Faults, Origin
 from tests.webhook.certs import issue, make_authority
 from tests.webhook.restricted import restricted_violations
@@ -51,6 +63,8 @@ SERVICE_NAME = "model-injector.model-injector.svc"  # what the apiserver dials a
 MODEL_PATH = "/llama-3-8b.tar.zst"
 MIRROR_PATH = "/mirror/llama-3-8b.tar.zst"
 TOKEN = "Bearer hf_simulated_0123456789"
+BUCKET = "ml-models"
+OBJECT_KEY = "llama/llama-3-8b.tar.zst"
 
 MODEL_TREE: Tree = {
     "config.json": b'{"architectures": ["LlamaForCausalLM"], "hidden_size": 4096}\n',
@@ -184,8 +198,8 @@ def webhook(webhook_certs: Path) -> Iterator[Webhook]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_INJECTOR_")}
     env.update(
-        MODEL_INJECTOR_ALLOWED_SCHEMES="https,http",
-        MODEL_INJECTOR_ALLOWED_HOSTS="127.0.0.1",
+        MODEL_INJECTOR_ALLOWED_SCHEMES="https,http,s3,gs",
+        MODEL_INJECTOR_ALLOWED_HOSTS=f"127.0.0.1,s3://{BUCKET},gs://{BUCKET}",
         MODEL_INJECTOR_REQUIRE_SHA256="true",
         MODEL_INJECTOR_FETCHER_IMAGE=FETCHER_IMAGE,
     )
@@ -235,11 +249,14 @@ def images() -> dict[str, Image]:
     }
 
 
-def captured_review(annotations: Mapping[str, str]) -> dict[str, Any]:
-    """The captured request, with only the model annotations changed."""
+def captured_review(annotations: Mapping[str, str | None]) -> dict[str, Any]:
+    """The captured request, with only the model annotations changed (None removes one)."""
     review: dict[str, Any] = json.loads(CAPTURED.read_text())
-    meta = review["request"]["object"]["metadata"]
-    meta["annotations"].update({f"{PREFIX}/{key}": value for key, value in annotations.items()})
+    captured = review["request"]["object"]["metadata"]["annotations"]
+    for key, value in annotations.items():
+        captured.pop(f"{PREFIX}/{key}", None)
+        if value is not None:
+            captured[f"{PREFIX}/{key}"] = value
     return review
 
 
@@ -525,3 +542,128 @@ def test_restarted_fetch_container_finds_the_model_and_touches_no_network(
         )
         readonly = kubelet.run("model-fetch", exec_argv=[sys.executable, "-c", probe])
         assert readonly.stdout.strip() == "EROFS"
+
+
+def _assert_only_fetcher_sees(pod: Mapping[str, Any], secret_name: str) -> None:
+    """The credentials Secret reaches the fetch container and nothing the app runs."""
+    for app in pod["spec"]["containers"]:
+        assert "envFrom" not in app
+        assert all(var["name"] != "GOOGLE_APPLICATION_CREDENTIALS" for var in app.get("env", []))
+        assert "model-credentials" not in {mount["name"] for mount in app["volumeMounts"]}
+        assert secret_name not in json.dumps(app)
+
+
+def test_s3_source_signed_with_keys_from_the_credentials_secret(
+    tmp_path: Path, webhook: Webhook, images: dict[str, Image], archive: bytes
+) -> None:
+    digest = hashlib.sha256(archive).hexdigest()
+    with s3_with_iam({(BUCKET, OBJECT_KEY): archive}) as s3:
+        review = captured_review(
+            {
+                "source": f"s3://{BUCKET}/{OBJECT_KEY}",
+                "mirrors": None,  # the captured pod's in-cluster cache
+                "sha256": digest,
+                "s3-endpoint": s3.url,
+                "s3-region": "us-east-1",
+                "credentials-secret": "s3-reader",
+            }
+        )
+        _, pod = admit(webhook, review)
+        container = fetch_container(pod)
+        args = container["args"]
+        assert args[args.index("--s3-endpoint") + 1] == s3.url
+        assert "--auth-from" not in args  # no http(s) origin to send a header to
+        assert container["envFrom"] == [{"secretRef": {"name": "s3-reader"}}]
+        assert restricted_violations(pod, "model-fetch") == []
+        _assert_only_fetcher_sees(pod, "s3-reader")
+
+        # `kubectl create secret generic s3-reader --from-literal=AWS_ACCESS_KEY_ID=...`
+        secrets = {
+            "s3-reader": {"AWS_ACCESS_KEY_ID": s3.reader[0], "AWS_SECRET_ACCESS_KEY": s3.reader[1]},
+            "s3-outsider": {
+                "AWS_ACCESS_KEY_ID": s3.outsider[0],
+                "AWS_SECRET_ACCESS_KEY": s3.outsider[1],
+            },
+        }
+        kubelet = Kubelet(
+            pod, tmp_path / "node", images=images, secrets=secrets, config_maps=_root_ca()
+        )
+        fetched = kubelet.run("model-fetch")
+        assert_fetched(fetched, container)
+        assert s3.reader[1] not in fetched.stdout + fetched.stderr
+        assert f"sha256 {digest} verified" in fetched.stderr
+
+        # The same pod with keys that may not read the object: refused, with what to check.
+        denied_review = captured_review(
+            {
+                "source": f"s3://{BUCKET}/{OBJECT_KEY}",
+                "mirrors": None,
+                "sha256": digest,
+                "s3-endpoint": s3.url,
+                "credentials-secret": "s3-outsider",
+            }
+        )
+        _, denied_pod = admit(webhook, denied_review)
+        denied = Kubelet(
+            denied_pod, tmp_path / "other", images=images, secrets=secrets, config_maps=_root_ca()
+        ).run("model-fetch")
+        assert denied.returncode == 5, denied.stderr
+        last = json.loads(denied.termination_message.splitlines()[-1])
+        assert f"s3://{BUCKET}/{OBJECT_KEY}: access denied" in last["msg"]
+        assert "s3:GetObject" in last["msg"]
+        assert s3.outsider[1] not in denied.stdout + denied.stderr
+
+    seen = probe_app(kubelet, "server", "/models")
+    files = dict(seen["files"])
+    assert files.pop(".model-fetch.json")
+    assert files == _expected_files()
+    assert seen["create"] == "EROFS"
+
+
+def test_gs_source_with_a_service_account_key_from_the_credentials_secret(
+    tmp_path: Path, webhook: Webhook, images: dict[str, Image], archive: bytes
+) -> None:
+    digest = hashlib.sha256(archive).hexdigest()
+    with gcs_emulator({(BUCKET, OBJECT_KEY): archive}) as gcs, TokenServer() as tokens:
+        review = captured_review(
+            {
+                "source": f"gs://{BUCKET}/{OBJECT_KEY}",
+                "mirrors": None,
+                "sha256": digest,
+                "credentials-secret": "gcs-key",
+            }
+        )
+        _, pod = admit(webhook, review)
+        container = fetch_container(pod)
+        key_path = "/var/run/secrets/model-fetch/key.json"
+        assert container["env"] == [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": key_path}]
+        assert restricted_violations(pod, "model-fetch") == []
+        _assert_only_fetcher_sees(pod, "gcs-key")
+
+        # `kubectl create secret generic gcs-key --from-file=key.json=...`; the emulator's
+        # address rides along, as an in-cluster fake-gcs deployment would be configured.
+        key = service_account_key(tokens.token_uri)
+        secrets = {"gcs-key": {"key.json": key, "STORAGE_EMULATOR_HOST": gcs}}
+        kubelet = Kubelet(
+            pod, tmp_path / "node", images=images, secrets=secrets, config_maps=_root_ca()
+        )
+        fetched = kubelet.run("model-fetch")
+        assert_fetched(fetched, container)
+        assert [grant["grant_type"] for grant in tokens.grants] == [JWT_BEARER]
+        private_key_line = json.loads(key)["private_key"].splitlines()[1]
+        for secret in (ACCESS_TOKEN, private_key_line):
+            assert secret not in fetched.stdout + fetched.stderr
+
+        # A Secret without key.json stops the container before it starts, as on a node.
+        with pytest.raises(ContainerConfigError, match=r"key 'key\.json' is not in the projected"):
+            Kubelet(
+                pod,
+                tmp_path / "other",
+                images=images,
+                secrets={"gcs-key": {"credentials.json": key}},
+                config_maps=_root_ca(),
+            ).run("model-fetch")
+
+    files = dict(probe_app(kubelet, "metrics", "/models")["files"])
+    assert files.pop(".model-fetch.json")
+    assert files == _expected_files()
