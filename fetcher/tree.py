@@ -20,6 +20,7 @@ from fetcher.errors import FetchError, OutOfDisk, UnsafeArchive
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PERMISSION_BITS = 0o777  # setuid, setgid and sticky bits are never restored
+_IMPLICIT_DIR_MODE = 0o755
 
 
 def member_parts(name: str, *, allow_root: bool = False) -> tuple[str, ...]:
@@ -102,6 +103,10 @@ class SafeTree:
             except FileNotFoundError:
                 os.mkdir(part, 0o700, dir_fd=dir_fd)
                 child = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+                # A parent the archive does not list gets tar's usual mode, whatever the umask:
+                # the app containers reading the model seldom run as the fetcher's user. A
+                # listed directory gets its own mode from close().
+                os.fchmod(child, _IMPLICIT_DIR_MODE)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafeArchive(
