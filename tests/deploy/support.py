@@ -1,10 +1,14 @@
-"""Rendering deploy/ with kubectl's kustomize, and loading certs/certs.py, for the deploy tests."""
+"""Rendering deploy/ with kubectl's kustomize, and loading certs/certs.py, for the deploy tests.
+
+Also what the apiserver and the webhook pods make of a render: the Settings a ConfigMap gives the
+webhook through envFrom, and label selectors as the apiserver evaluates them."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -16,10 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
+from webhook.settings import ENV_PREFIX, Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CERTS_SCRIPT = ROOT / "certs" / "certs.py"
 KIND_GENERATED = Path("overlays") / "kind" / "generated"
+KUBERNETES_VERSION = "1.36"  # the API schemas objects are validated against
 
 Manifest = dict[str, Any]
 
@@ -91,3 +98,38 @@ def only(objects: list[Manifest], kind: str) -> Manifest:
     matches = [obj for obj in objects if obj["kind"] == kind]
     assert len(matches) == 1, f"expected one {kind}, found {len(matches)}"
     return matches[0]
+
+
+def settings_from(config_map: Manifest, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """What the webhook reads with envFrom this ConfigMap, and no other MODEL_INJECTOR_ variable."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for key, value in config_map["data"].items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes LabelSelector, as the apiserver evaluates it."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values") or []
+        present = key in labels
+        outcome = {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels[key] not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not outcome:
+            return False
+    return True
+
+
+def namespace_labels(name: str, **labels: str) -> dict[str, str]:
+    """A namespace's labels as the apiserver keeps them (it adds kubernetes.io/metadata.name)."""
+    return {"kubernetes.io/metadata.name": name, **labels}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +10,19 @@ import kubernetes_validate
 import pytest
 from cryptography import x509
 
-from tests.deploy.support import KIND_GENERATED, Manifest, only
+from tests.deploy.support import (
+    KIND_GENERATED,
+    KUBERNETES_VERSION,
+    Manifest,
+    namespace_labels,
+    only,
+    selector_matches,
+    settings_from,
+)
 from webhook.quantities import parse_quantity
 from webhook.settings import ENV_PREFIX, Settings
 from webhook.workloads import TEMPLATE_PATHS
 
-KUBERNETES_VERSION = "1.36"
 OVERLAYS = ["kind", "cert-manager"]
 RENDERS = ["base", *OVERLAYS]
 UID = 65532
@@ -57,39 +63,6 @@ def webhooks(objects: list[Manifest]) -> list[tuple[str, dict[str, Any]]]:
         if obj["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
             found.extend((obj["kind"], hook) for hook in obj["webhooks"])
     return found
-
-
-def settings_from(config_map: Manifest, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for name in list(os.environ):
-        if name.startswith(ENV_PREFIX):
-            monkeypatch.delenv(name)
-    for key, value in config_map["data"].items():
-        monkeypatch.setenv(key, value)
-    return Settings()
-
-
-def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A Kubernetes LabelSelector, as the apiserver evaluates it."""
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator = expression["key"], expression["operator"]
-        values = expression.get("values") or []
-        present = key in labels
-        outcome = {
-            "In": present and labels.get(key) in values,
-            "NotIn": not present or labels[key] not in values,
-            "Exists": present,
-            "DoesNotExist": not present,
-        }[operator]
-        if not outcome:
-            return False
-    return True
-
-
-def namespace_labels(name: str, **labels: str) -> dict[str, str]:
-    return {"kubernetes.io/metadata.name": name, **labels}
 
 
 def effective_security(pod_spec: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:

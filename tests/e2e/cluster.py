@@ -22,6 +22,8 @@ WEBHOOK_NAMESPACE = "model-injector"
 WEBHOOK_SELECTOR = "app.kubernetes.io/name=model-injector,app.kubernetes.io/component=webhook"
 
 Manifest = dict[str, Any]
+FIELD_MANAGER = "model-injector-e2e"
+APPLY = ("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}")
 
 
 def missing_docker_or_kind() -> str | None:
@@ -112,7 +114,9 @@ class Kube:
         return json.loads(self.run("get", *args, "-o", "json").stdout)
 
     def apply(self, *objects: Manifest, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run("apply", "-f", "-", input_text=yaml.safe_dump_all(objects), check=check)
+        """Server-side apply. Client-side apply would copy each object into its
+        last-applied-configuration annotation, which the origin's ConfigMap does not fit."""
+        return self.run(*APPLY, "-f", "-", input_text=yaml.safe_dump_all(objects), check=check)
 
     def dry_run_create(self, obj: Manifest) -> subprocess.CompletedProcess[str]:
         """Create through the whole admission chain (webhooks included) without persisting."""
@@ -120,6 +124,18 @@ class Kube:
             "create", "--dry-run=server", "-o", "json", "-f", "-",
             input_text=json.dumps(obj), check=False, timeout=30,
         )  # fmt: skip
+
+    def until_answered(
+        self, obj: Manifest, timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
+        """dry_run_create, again while the apiserver cannot reach the webhook: a Ready pod joins
+        the Service's EndpointSlice, and then the node's proxy rules, a moment later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.dry_run_create(obj)
+            if "failed calling webhook" not in result.stderr or time.monotonic() > deadline:
+                return result
+            time.sleep(1)
 
     def pods(self, namespace: str, selector: str) -> list[Manifest]:
         """Pods matching `selector` that are not on their way out."""

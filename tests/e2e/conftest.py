@@ -6,7 +6,10 @@ naming tests/e2e.
 
 Environment: E2E_KIND_CLUSTER (cluster name, default model-injector-e2e), E2E_KIND_NODE_IMAGE
 (kindest/node image), E2E_KIND_KEEP=1 (leave the cluster running afterwards for a look around),
-E2E_KIND_REUSE=1 (use an existing cluster of that name instead of recreating it).
+E2E_KIND_REUSE=1 (use an existing cluster of that name instead of recreating it; the webhook is
+restarted on the fresh images and certificates, and the tests' namespaces are recreated).
+
+The node image must be Kubernetes 1.30 or later (the webhook's preStop sleep, matchConditions).
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ from tests.e2e.cluster import (
     missing_docker_or_kind,
 )
 from tests.e2e.objects import (
-    ARCHIVE_NAME,
     MODELS_NAMESPACE,
     OPTED_OUT_NAMESPACE,
     Model,
-    model_files,
-    namespace,
+    Workloads,
+    build_model,
+    config_map_problems,
+    namespaces,
     origin_objects,
-    tar_zst,
+    webhook_probe,
+    workloads,
 )
 
 
@@ -119,24 +124,42 @@ def deploy_webhook(kube: Kube, work: Path) -> None:
         "--out", str(deploy / KIND_GENERATED),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    deployment = ("-n", WEBHOOK_NAMESPACE, "deployment/model-injector")
+    existed = kube.run("get", *deployment, check=False).returncode == 0
     kube.run("apply", "-k", str(deploy / "overlays" / "kind"), timeout=120)
-    kube.run(
-        "rollout", "status", "-n", WEBHOOK_NAMESPACE, "deployment/model-injector",
-        "--timeout=240s", timeout=300,
-    )  # fmt: skip
+    if existed:
+        # A reused cluster: its webhook pods run the image that had the :dev tag before, and
+        # serve the old certificate (which the new caBundle does not trust) until the kubelet
+        # next refreshes the Secret.
+        kube.run("rollout", "restart", *deployment)
+    kube.run("rollout", "status", *deployment, "--timeout=240s", timeout=300)
     kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
+    # Ready pods join the Service's endpoints, then the node's proxy rules, a moment later:
+    # the first annotated apply must not race that.
+    probe = kube.until_answered(webhook_probe())
+    assert probe.returncode == 0, f"the webhook does not answer the apiserver:\n{probe.stderr}"
 
 
 @pytest.fixture(scope="session")
 def model(kube: Kube) -> Model:
-    files = model_files()
-    archive = tar_zst(files)
-    assert len(archive) < 700_000, "keep the archive well inside a ConfigMap"
-    kube.apply(
-        namespace(MODELS_NAMESPACE),
-        namespace(OPTED_OUT_NAMESPACE, **{"models.example.com/injection": "disabled"}),
-    )
-    kube.apply(*origin_objects(archive))
+    model = build_model()
+    origin = origin_objects(model.archive)
+    (config_map,) = [obj for obj in origin if obj["kind"] == "ConfigMap"]
+    # The limits that apply to it as Kube.apply applies it (server side): 1 MiB of data.
+    problems = config_map_problems(config_map)
+    assert not problems, f"the archive does not fit the origin's ConfigMap: {problems}"
+    # A reused cluster keeps what the last run left, a claim holding the model among it.
+    kube.run(
+        "delete", "namespace", MODELS_NAMESPACE, OPTED_OUT_NAMESPACE,
+        "--ignore-not-found", "--wait=true", timeout=300,
+    )  # fmt: skip
+    kube.apply(*namespaces())
+    kube.apply(*origin)
     kube.wait_ready(MODELS_NAMESPACE, "app=origin", 1)
-    url = f"http://origin.{MODELS_NAMESPACE}.svc.cluster.local/{ARCHIVE_NAME}"
-    return Model(files, archive, url)
+    return model
+
+
+@pytest.fixture(scope="session", name="workloads")
+def workloads_fixture(model: Model) -> Workloads:
+    """What the tests apply or create, the same objects tests/deploy/test_e2e_objects.py admits."""
+    return workloads(model)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import zstandard
@@ -16,7 +17,19 @@ from tests.e2e.cluster import FETCHER_IMAGE, Manifest, restricted_context
 MODELS_NAMESPACE = "e2e-models"
 OPTED_OUT_NAMESPACE = "e2e-opted-out"
 ARCHIVE_NAME = "model.tar.zst"
+ORIGIN_URL = f"http://origin.{MODELS_NAMESPACE}.svc.cluster.local/{ARCHIVE_NAME}"
 PREFIX = "models.example.com"
+MOUNT = "/models"  # the webhook's default mount path (MODEL_INJECTOR_DEFAULT_MOUNT_PATH)
+CLAIM_NAME = "model-cache"
+BAD_SHA256 = "not-a-digest"
+
+# What the apiserver accepts: a ConfigMap's data plus binaryData (decoded) of at most 1 MiB, all
+# annotations of an object at most 256 KiB together, and etcd's request limit (1.5 MiB) on the
+# stored object. With client-side apply the last-applied-configuration annotation holds a copy
+# of the whole object, so a big ConfigMap must be applied server side (see Kube.apply).
+CONFIG_MAP_MAX_BYTES = 1024 * 1024
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+OBJECT_MAX_BYTES = 1536 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,12 @@ def model_files() -> dict[str, bytes]:
     }
 
 
+def build_model() -> Model:
+    """The model every e2e test fetches, as the in-cluster origin serves it."""
+    files = model_files()
+    return Model(files, tar_zst(files), ORIGIN_URL)
+
+
 def tar_zst(files: dict[str, bytes]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -65,7 +84,7 @@ def tar_zst(files: dict[str, bytes]) -> bytes:
 
 def origin_objects(archive: bytes) -> list[Manifest]:
     """`python -m http.server` (from the fetcher image, so nothing is pulled) serving the archive
-    from a ConfigMap, behind a Service. Archives stay well under the ConfigMap's 1 MiB."""
+    from a ConfigMap, behind a Service. See config_map_problems for the limits the archive meets."""
     labels = {"app": "origin"}
     return [
         {
@@ -116,21 +135,50 @@ def origin_objects(archive: bytes) -> list[Manifest]:
     ]  # fmt: skip
 
 
+def config_map_problems(config_map: Manifest) -> list[str]:
+    """Why the apiserver would refuse `config_map` as applied server side; empty if it fits."""
+    data = sum(len(value.encode()) for value in (config_map.get("data") or {}).values())
+    data += sum(
+        len(base64.b64decode(value)) for value in (config_map.get("binaryData") or {}).values()
+    )
+    annotations = config_map["metadata"].get("annotations") or {}
+    annotation_bytes = sum(len(key) + len(value) for key, value in annotations.items())
+    stored = len(json.dumps(config_map).encode())
+    problems = []
+    if data > CONFIG_MAP_MAX_BYTES:
+        problems.append(f"data plus binaryData is {data:,} bytes, over {CONFIG_MAP_MAX_BYTES:,}")
+    if annotation_bytes > ANNOTATIONS_MAX_BYTES:
+        problems.append(
+            f"annotations take {annotation_bytes:,} bytes, over {ANNOTATIONS_MAX_BYTES:,}"
+        )
+    if stored > OBJECT_MAX_BYTES:
+        problems.append(f"the object is {stored:,} bytes as JSON, over {OBJECT_MAX_BYTES:,}")
+    return problems
+
+
 def namespace(name: str, **labels: str) -> Manifest:
     # Restricted is enforced, so an injected pod that broke the profile would never be created.
     enforced = {"pod-security.kubernetes.io/enforce": "restricted", **labels}
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": enforced}}
 
 
+def namespaces() -> list[Manifest]:
+    """The namespaces the tests use: one the webhook serves, one opted out by its label."""
+    return [
+        namespace(MODELS_NAMESPACE),
+        namespace(OPTED_OUT_NAMESPACE, **{f"{PREFIX}/injection": "disabled"}),
+    ]
+
+
 def model_annotations(model: Model, **extra: str) -> dict[str, str]:
     """The model annotations, keys given without the prefix (dashes as underscores)."""
-    keys = {
-        "source": model.url,
-        "sha256": model.sha256,
-        # The default (20Gi) would be reserved on the node for every pod.
-        "size-limit": "256Mi",
-        **{key.replace("_", "-"): value for key, value in extra.items()},
-    }
+    given = {key.replace("_", "-"): value for key, value in extra.items()}
+    keys = {"source": model.url, "sha256": model.sha256}
+    if given.get("volume") != "pvc":
+        # The default (20Gi) would be reserved on the node for every pod. A claim brings its own
+        # size, and the webhook refuses size-limit next to volume pvc.
+        keys["size-limit"] = "256Mi"
+    keys.update(given)
     return {f"{PREFIX}/{key}": value for key, value in keys.items()}
 
 
@@ -218,6 +266,58 @@ def claim(name: str) -> Manifest:
             "resources": {"requests": {"storage": "256Mi"}},
         },
     }
+
+
+def webhook_probe() -> Manifest:
+    """A pod the webhook injects (in `default`, which every test cluster has): created with a
+    server-side dry run until that works, it shows the apiserver reaches the webhook."""
+    return bare_pod("probe-", "default", {f"{PREFIX}/source": ORIGIN_URL})
+
+
+@dataclass(frozen=True)
+class Workloads:
+    """Every pod or workload test_kind.py sends through admission, built in this one place so
+    that tests/deploy/test_e2e_objects.py can admit exactly these offline, without a cluster."""
+
+    llm: Manifest
+    llm_restart: Manifest
+    llm_pvc: Manifest
+    # The same bad sha256 on each kind of object, refused by each registration.
+    llm_bad: Manifest
+    nightly_bad: Manifest
+    bad_pod: Manifest
+    # Created while the webhook is down: only the annotated one may depend on it.
+    plain_pod: Manifest
+    annotated_pod: Manifest
+    opted_out_pod: Manifest
+    # Created in a loop while the webhook pods are evicted one at a time.
+    availability_pod: Manifest
+
+    def items(self) -> list[tuple[str, Manifest]]:
+        return [(field.name, getattr(self, field.name)) for field in fields(self)]
+
+
+def workloads(model: Model) -> Workloads:
+    """Built afresh on each call, no two objects sharing a dict."""
+
+    def annotated() -> dict[str, str]:
+        return model_annotations(model)
+
+    def bad() -> dict[str, str]:
+        return model_annotations(model, sha256=BAD_SHA256)
+
+    return Workloads(
+        llm=deployment("llm", annotated()),
+        llm_restart=deployment("llm-restart", annotated()),
+        llm_pvc=deployment("llm-pvc", model_annotations(model, volume="pvc", pvc_name=CLAIM_NAME)),
+        llm_bad=deployment("llm-bad", bad()),
+        nightly_bad=cronjob("nightly-bad", bad()),
+        bad_pod=bare_pod("bad-", MODELS_NAMESPACE, bad()),
+        plain_pod=bare_pod("plain-", MODELS_NAMESPACE, {"team": "search"}),
+        annotated_pod=bare_pod("annotated-", MODELS_NAMESPACE, annotated()),
+        opted_out_pod=bare_pod("opted-out-", OPTED_OUT_NAMESPACE, annotated()),
+        availability_pod=bare_pod("availability-", MODELS_NAMESPACE, annotated()),
+    )
 
 
 # Run inside the app container: the sha256 of every file under the mount, as JSON.

@@ -16,25 +16,22 @@ import pytest
 from fetcher.marker import MARKER_NAME
 from tests.e2e.cluster import FETCHER_IMAGE, WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, Kube, Manifest
 from tests.e2e.objects import (
+    BAD_SHA256,
+    CLAIM_NAME,
     DIGEST_TREE,
     MODELS_NAMESPACE,
-    OPTED_OUT_NAMESPACE,
+    MOUNT,
     PREFIX,
     Model,
-    bare_pod,
+    Workloads,
     claim,
-    cronjob,
-    deployment,
-    model_annotations,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-MOUNT = "/models"
 
-
-def model_pods(kube: Kube, name: str, count: int) -> list[Manifest]:
-    return kube.wait_ready(MODELS_NAMESPACE, f"app={name}", count)
+def model_pods(kube: Kube, workload: Manifest, count: int) -> list[Manifest]:
+    return kube.wait_ready(MODELS_NAMESPACE, f"app={workload['metadata']['name']}", count)
 
 
 def assert_model_in(kube: Kube, pod: Manifest, model: Model) -> None:
@@ -69,43 +66,50 @@ def delete_pod(kube: Kube, namespace: str, pod: Manifest) -> None:
 # --- the model arrives -----------------------------------------------------------------------
 
 
-def test_an_annotated_deployment_starts_with_its_model(kube: Kube, model: Model) -> None:
-    kube.apply(deployment("llm", model_annotations(model)))
-    (pod,) = model_pods(kube, "llm", 1)
+def test_an_annotated_deployment_starts_with_its_model(
+    kube: Kube, model: Model, workloads: Workloads
+) -> None:
+    kube.apply(workloads.llm)
+    (pod,) = model_pods(kube, workloads.llm, 1)
     assert_model_in(kube, pod, model)
     assert "already complete" not in fetch_log(kube, pod)
 
 
-def test_a_second_replica_gets_the_model_too(kube: Kube, model: Model) -> None:
-    kube.apply(deployment("llm", model_annotations(model)))
-    model_pods(kube, "llm", 1)
+def test_a_second_replica_gets_the_model_too(
+    kube: Kube, model: Model, workloads: Workloads
+) -> None:
+    kube.apply(workloads.llm)
+    model_pods(kube, workloads.llm, 1)
     kube.run("scale", "-n", MODELS_NAMESPACE, "deployment/llm", "--replicas=2")
-    pods = model_pods(kube, "llm", 2)
+    pods = model_pods(kube, workloads.llm, 2)
     for pod in pods:
         assert_model_in(kube, pod, model)
 
 
-def test_a_replaced_pod_fetches_the_model_again(kube: Kube, model: Model) -> None:
-    kube.apply(deployment("llm-restart", model_annotations(model)))
-    (first,) = model_pods(kube, "llm-restart", 1)
+def test_a_replaced_pod_fetches_the_model_again(
+    kube: Kube, model: Model, workloads: Workloads
+) -> None:
+    kube.apply(workloads.llm_restart)
+    (first,) = model_pods(kube, workloads.llm_restart, 1)
     delete_pod(kube, MODELS_NAMESPACE, first)
-    (second,) = model_pods(kube, "llm-restart", 1)
+    (second,) = model_pods(kube, workloads.llm_restart, 1)
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     assert_model_in(kube, second, model)
 
 
-def test_with_a_pvc_a_restart_does_not_download_again(kube: Kube, model: Model) -> None:
-    kube.apply(claim("model-cache"))
-    kube.apply(
-        deployment("llm-pvc", model_annotations(model, volume="pvc", pvc_name="model-cache"))
-    )
-    (first,) = model_pods(kube, "llm-pvc", 1)
-    assert "persistentVolumeClaim" in str(first["spec"]["volumes"])
+def test_with_a_pvc_a_restart_does_not_download_again(
+    kube: Kube, model: Model, workloads: Workloads
+) -> None:
+    kube.apply(claim(CLAIM_NAME))
+    kube.apply(workloads.llm_pvc)
+    (first,) = model_pods(kube, workloads.llm_pvc, 1)
+    volumes = first["spec"]["volumes"]
+    assert {"claimName": CLAIM_NAME} in [v.get("persistentVolumeClaim") for v in volumes]
     assert_model_in(kube, first, model)
     assert "already complete" not in fetch_log(kube, first)
 
     delete_pod(kube, MODELS_NAMESPACE, first)
-    (second,) = model_pods(kube, "llm-pvc", 1)
+    (second,) = model_pods(kube, workloads.llm_pvc, 1)
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     assert "already complete" in fetch_log(kube, second)
     assert_model_in(kube, second, model)
@@ -115,37 +119,36 @@ def test_with_a_pvc_a_restart_does_not_download_again(kube: Kube, model: Model) 
 
 
 def test_a_bad_annotation_is_refused_at_apply_with_the_webhooks_message(
-    kube: Kube, model: Model
+    kube: Kube, model: Model, workloads: Workloads
 ) -> None:
-    bad = model_annotations(model, sha256="not-a-digest")
-    result = kube.apply(deployment("llm-bad", bad), check=False)
+    result = kube.apply(workloads.llm_bad, check=False)
     assert result.returncode != 0
     assert 'admission webhook "validate.workloads.models.example.com" denied' in result.stderr
     assert f"{PREFIX}/sha256" in result.stderr
-    assert "not-a-digest" in result.stderr
+    assert BAD_SHA256 in result.stderr
     missing = kube.run("get", "deployment", "-n", MODELS_NAMESPACE, "llm-bad", check=False)
     assert "NotFound" in missing.stderr
 
     # A CronJob's template sits deeper and has its own registration.
-    result = kube.apply(cronjob("nightly-bad", bad), check=False)
+    result = kube.apply(workloads.nightly_bad, check=False)
     assert result.returncode != 0
     assert 'admission webhook "validate.cronjobs.models.example.com" denied' in result.stderr
-    assert "not-a-digest" in result.stderr
+    assert BAD_SHA256 in result.stderr
 
     # And a bare pod is refused by the mutating webhook itself.
-    refused = kube.dry_run_create(bare_pod("bad-", MODELS_NAMESPACE, bad))
+    refused = kube.dry_run_create(workloads.bad_pod)
     assert refused.returncode != 0
     assert 'admission webhook "inject.pods.models.example.com" denied' in refused.stderr
+    assert BAD_SHA256 in refused.stderr
 
 
 def test_only_annotated_pods_in_ordinary_namespaces_depend_on_the_webhook(
-    kube: Kube, model: Model
+    kube: Kube, model: Model, workloads: Workloads
 ) -> None:
     """With the webhook scaled to zero: failurePolicy Fail refuses annotated pods, and nothing
     else notices, because matchConditions and namespaceSelector keep the call from happening."""
-    plain = bare_pod("plain-", MODELS_NAMESPACE, {"team": "search"})
-    annotated = bare_pod("annotated-", MODELS_NAMESPACE, model_annotations(model))
-    opted_out = bare_pod("opted-out-", OPTED_OUT_NAMESPACE, model_annotations(model))
+    plain, annotated = workloads.plain_pod, workloads.annotated_pod
+    opted_out = workloads.opted_out_pod
 
     kube.run("scale", "-n", WEBHOOK_NAMESPACE, "deployment/model-injector", "--replicas=0")
     try:
@@ -162,13 +165,16 @@ def test_only_annotated_pods_in_ordinary_namespaces_depend_on_the_webhook(
         kube.run("scale", "-n", WEBHOOK_NAMESPACE, "deployment/model-injector", "--replicas=2")
         kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
 
-    injected = kube.dry_run_create(annotated)
+    # Ready pods reach the Service's endpoints (and the node's proxy rules) a moment later.
+    injected = kube.until_answered(annotated)
     assert injected.returncode == 0, injected.stderr
     init = json.loads(injected.stdout)["spec"]["initContainers"]
     assert [c["name"] for c in init] == ["model-fetch"]
 
 
-def endpoints_gone(kube: Kube, timeout: float = 60) -> None:
+def endpoints_gone(kube: Kube, timeout: float = 120) -> None:
+    """No endpoint at all, not even a terminating one: the node's proxy still sends traffic to
+    terminating pods that serve while a Service has no ready endpoint."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         slices = kube.get(
@@ -187,9 +193,9 @@ def endpoints_gone(kube: Kube, timeout: float = 60) -> None:
 class Admissions:
     """Creates annotated pods (server-side dry run: admitted, injected, not stored) in a loop."""
 
-    def __init__(self, kube: Kube, model: Model) -> None:
+    def __init__(self, kube: Kube, pod: Manifest) -> None:
         self.kube = kube
-        self.pod = bare_pod("availability-", MODELS_NAMESPACE, model_annotations(model))
+        self.pod = pod
         self.admitted = 0
         self.refusals: list[str] = []
         self._stop = threading.Event()
@@ -235,20 +241,33 @@ def evict(kube: Kube, pod: Manifest) -> tuple[bool, str]:
     return result.returncode == 0, result.stderr
 
 
-def test_webhook_pods_go_one_at_a_time_without_refusing_a_pod(kube: Kube, model: Model) -> None:
+def evict_when_allowed(kube: Kube, pod: Manifest, timeout: float = 60) -> None:
+    """Evict, waiting for the budget to allow it: the disruption controller counts a pod that
+    just became Ready a moment after wait_ready has seen it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        evicted, message = evict(kube, pod)
+        if evicted:
+            return
+        if "disruption budget" not in message or time.monotonic() > deadline:
+            raise AssertionError(f"could not evict {pod['metadata']['name']}: {message}")
+        time.sleep(1)
+
+
+def test_webhook_pods_go_one_at_a_time_without_refusing_a_pod(
+    kube: Kube, workloads: Workloads
+) -> None:
     first, second = kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
-    with Admissions(kube, model) as admissions:
+    with Admissions(kube, workloads.availability_pod) as admissions:
         time.sleep(3)
-        evicted, message = evict(kube, first)
-        assert evicted, message
+        evict_when_allowed(kube, first)
         # The budget allows one disruption: with the first pod leaving, the second must stay.
         evicted, message = evict(kube, second)
         assert not evicted
         assert "disruption budget" in message
         kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
 
-        evicted, message = evict(kube, second)
-        assert evicted, message
+        evict_when_allowed(kube, second)
         kube.wait_ready(WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, 2)
 
         # A plain delete (no eviction API) takes the same graceful path.
