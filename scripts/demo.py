@@ -5,11 +5,14 @@ origin serving a freshly built model (.tar.zst), `model-webhook serve` over TLS 
 AdmissionReview a real kube-apiserver sent for a Deployment-made pod, and the injected
 `model-fetch` init container run with exactly its command, args and env, under its
 securityContext, with its volume at its own mount path (a private mount namespace, see
-tests/support/kubelet.py). Everything is written under ./demo-run/, which the next run replaces.
+tests/support/kubelet.py). Everything is written under ./demo-run/, which the next run replaces;
+`--workdir DIR` (or DEMO_DIR=DIR) writes under DIR instead, which must be new, empty or an earlier
+run's.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import copy
 import errno
@@ -24,7 +27,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,10 @@ from tests.support.kubelet import (  # noqa: E402
 from tests.support.origin import Origin  # noqa: E402
 from tests.webhook.restricted import restricted_violations  # noqa: E402
 
-RUN = REPO / "demo-run"
+DEFAULT_RUN = REPO / "demo-run"
+WORKDIR_VARIABLE = "DEMO_DIR"
+# Left in the work directory, so that a later run knows it may empty it.
+RUN_MARK = ".model-injector-demo"
 CAPTURED = REPO / "tests/data/admission/pod-llama-from-deployment.json"
 PREFIX = "models.example.com"
 FETCHER_IMAGE = "model-injector/fetcher:dev"
@@ -90,6 +96,33 @@ def indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
 
 
+def shown(path: Path) -> str:
+    """`path` as the reader would type it: relative to the current directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except (ValueError, OSError):  # outside it, or the current directory is gone
+        return str(path)
+
+
+def prepare_workdir(run: Path) -> None:
+    """An empty `run`, marked as the demo's. An earlier run's files (and the default directory,
+    as before) are removed; a directory holding anything else is left alone and refused."""
+    if run.exists() and not run.is_dir():
+        raise DemoError(f"the work directory {shown(run)} is not a directory")
+    if run.exists() and run != DEFAULT_RUN and not (run / RUN_MARK).exists() and any(run.iterdir()):
+        raise DemoError(
+            f"the work directory {shown(run)} holds files an earlier demo run did not write; "
+            "give a new or empty directory"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    for entry in run.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (run / RUN_MARK).write_text("written by scripts/demo.py; its next run here empties this\n")
+
+
 def model_tree() -> dict[str, bytes | File]:
     """A small stand-in for a model release: config, tokenizer, two weight shards.
 
@@ -104,8 +137,8 @@ def model_tree() -> dict[str, bytes | File]:
     }
 
 
-def make_certs() -> Path:
-    out = RUN / "certs"
+def make_certs(run: Path) -> Path:
+    out = run / "certs"
     command = [
         sys.executable,
         str(REPO / "certs/certs.py"),
@@ -120,7 +153,7 @@ def make_certs() -> Path:
     print(
         indent(
             "$ python certs/certs.py create --namespace model-injector "
-            "--service model-injector --out demo-run/certs"
+            f"--service model-injector --out {shown(out)}"
         )
     )
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
@@ -160,7 +193,7 @@ def https_call(
 
 
 @contextmanager
-def running_webhook(certs: Path) -> Iterator[tuple[int, ssl.SSLContext]]:
+def running_webhook(run: Path, certs: Path) -> Iterator[tuple[int, ssl.SSLContext]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_INJECTOR_")}
     settings = {
@@ -187,10 +220,10 @@ def running_webhook(certs: Path) -> Iterator[tuple[int, ssl.SSLContext]]:
     print(
         indent(
             f"$ model-webhook serve --host 127.0.0.1 --port {port} "
-            "--tls-cert demo-run/certs/tls.crt --tls-key demo-run/certs/tls.key"
+            f"--tls-cert {shown(certs / 'tls.crt')} --tls-key {shown(certs / 'tls.key')}"
         )
     )
-    log = (RUN / "webhook.log").open("wb")
+    log = (run / "webhook.log").open("wb")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     try:
         context = ssl.create_default_context(cafile=str(certs / "ca-bundle.crt"))
@@ -204,7 +237,7 @@ def running_webhook(certs: Path) -> Iterator[tuple[int, ssl.SSLContext]]:
             if process.poll() is not None:
                 raise DemoError(
                     f"model-webhook serve exited with {process.returncode}; "
-                    "see demo-run/webhook.log"
+                    f"see {shown(run / 'webhook.log')}"
                 )
             if time.monotonic() > deadline:
                 raise DemoError("model-webhook serve did not become ready in 20 s")
@@ -263,7 +296,9 @@ def serve_model(stack: ExitStack) -> tuple[Origin, dict[str, bytes | File], str]
     return origin, tree, digest
 
 
-def send_review(port: int, context: ssl.SSLContext, origin: Origin, digest: str) -> dict[str, Any]:
+def send_review(
+    run: Path, port: int, context: ssl.SSLContext, origin: Origin, digest: str
+) -> dict[str, Any]:
     review: dict[str, Any] = json.loads(CAPTURED.read_text())
     meta = review["request"]["object"]["metadata"]
     meta["annotations"].update(
@@ -282,7 +317,7 @@ def send_review(port: int, context: ssl.SSLContext, origin: Origin, digest: str)
     )
     print(indent(yaml.safe_dump({"annotations": meta["annotations"]}), "      "))
     pod = admit(port, context, review)
-    for line in (RUN / "webhook.log").read_text().splitlines():
+    for line in (run / "webhook.log").read_text().splitlines():
         entry = json.loads(line)
         if entry.get("msg") == "admission":
             decision, models, took = entry["decision"], entry["models"], entry["duration_ms"]
@@ -303,13 +338,13 @@ def show_init_container(pod: dict[str, Any]) -> None:
         raise DemoError("the injected container would be refused by a restricted namespace")
 
 
-def run_fetcher(pod: dict[str, Any]) -> Kubelet:
+def run_fetcher(run: Path, pod: dict[str, Any]) -> Kubelet:
     fetcher = host_image(
         FETCHER_IMAGE, entrypoint=["model-fetch"], cmd=["--help"], user=(65532, 65532)
     )
     images = {FETCHER_IMAGE: fetcher, APP_IMAGE: host_image(APP_IMAGE)}
     root_ca = {"kube-root-ca.crt": {"ca.crt": "(simulated)\n"}}
-    kubelet = Kubelet(pod, RUN / "node", images=images, config_maps=root_ca)
+    kubelet = Kubelet(pod, run / "node", images=images, config_maps=root_ca)
     started = time.monotonic()
     fetched = kubelet.run("model-fetch", timeout=60)
     elapsed = time.monotonic() - started
@@ -353,19 +388,19 @@ def list_app_view(kubelet: Kubelet, tree: dict[str, bytes | File]) -> None:
         raise DemoError(f"the app's view is wrong: {bad or 'the mount is writable'}")
 
 
-def run_demo(stack: ExitStack) -> None:
+def run_demo(stack: ExitStack, run: Path) -> None:
     heading(1, "Generate the webhook's CA and serving certificate (certs/certs.py)")
-    certs = make_certs()
+    certs = make_certs(run)
     heading(2, "Build a model archive and serve it from a loopback origin")
     origin, tree, digest = serve_model(stack)
     heading(3, "Start `model-webhook serve` over TLS")
-    port, context = stack.enter_context(running_webhook(certs))
+    port, context = stack.enter_context(running_webhook(run, certs))
     heading(4, "Send the AdmissionReview the apiserver sent for a Deployment-made pod")
-    pod = send_review(port, context, origin, digest)
+    pod = send_review(run, port, context, origin, digest)
     heading(5, "The patched pod's injected init container")
     show_init_container(pod)
     heading(6, "Run model-fetch exactly as the kubelet would (its command, args, env, user)")
-    kubelet = run_fetcher(pod)
+    kubelet = run_fetcher(run, pod)
     heading(7, "What the app container `server` sees at /models (read-only mount)")
     list_app_view(kubelet, tree)
     heading(8, "The patched pod (as `kubectl get pod -o yaml` shows it, without managedFields)")
@@ -374,19 +409,32 @@ def run_demo(stack: ExitStack) -> None:
     print(indent(yaml.safe_dump(shown, sort_keys=False)))
 
 
-def main() -> int:
+def parse_args(argv: Sequence[str] | None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default = os.environ.get(WORKDIR_VARIABLE) or DEFAULT_RUN
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=default,
+        help=f"where to write everything (default ${WORKDIR_VARIABLE}, else ./demo-run/ in the "
+        "repository); emptied first, so it must be new, empty or an earlier run's",
+    )
+    workdir: Path = parser.parse_args(argv).workdir
+    return workdir.resolve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run = parse_args(argv)
     started = time.monotonic()
     try:
         check_namespaces()
     except NamespacesUnavailable as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
-    if RUN.exists():
-        shutil.rmtree(RUN)
-    RUN.mkdir()
     try:
+        prepare_workdir(run)
         with ExitStack() as stack:
-            run_demo(stack)
+            run_demo(stack, run)
     except DemoError as error:
         print(f"\ndemo: FAILED: {error}", file=sys.stderr)
         return 1
@@ -394,7 +442,8 @@ def main() -> int:
         print("\ndemo: interrupted", file=sys.stderr)
         return 130
     took = time.monotonic() - started
-    print(f"\ndemo: done in {took:.1f} s; the pod's model volume is demo-run/node/volumes/model")
+    volume = shown(run / "node" / "volumes" / "model")
+    print(f"\ndemo: done in {took:.1f} s; the pod's model volume is {volume}")
     return 0
 
 
