@@ -30,6 +30,7 @@ demo: venv
 
 bench: venv
 	$(PY) bench/fetch.py
+	$(PY) bench/footprint.py
 	$(PY) bench/webhook.py
 
 # Needs Docker, kind and kubectl: builds both images, deploys the kind overlay into a throwaway
