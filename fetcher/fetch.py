@@ -281,11 +281,17 @@ def _download(
                 f", region {target.region}" if target.region else "",
             )  # fmt: skip
     with _client(request) as client:
-        probed = probe(targets, client) if request.connections > 1 else None
+        probed = (
+            probe(targets, client, request.retry, stop.event) if request.connections > 1 else None
+        )
         if resume and probed:
             known = Identity(resume.length, resume.etag, resume.last_modified)
-            same, why = known.same_file(probed.identity, compare_validators=True)
-            if not same and probed.origin == 0:
+            # Another length is another file, whichever origin answered. So are other validators,
+            # except a mirror's when a digest is given: its server may label the same bytes
+            # differently, and the digest settles that at the end (as on failover).
+            compare = probed.origin == 0 or not request.sha256
+            same, why = known.same_file(probed.identity, compare_validators=compare)
+            if not same:
                 log.info("the source changed since the checkpoint (%s); starting over", why)
                 _discard(request)
                 request.state_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,11 @@ Each connection takes the first missing stretch of the file that nobody is fetch
 No new range is requested while the bytes downloaded but not yet decoded reach --max-disk-buffer,
 except the one the decoder is waiting for. A failing origin is set aside with backoff; its
 range goes back to the pool and is finished by whichever connection takes it next.
+
+Every range must come from the file being assembled: each origin's first answer fixes its
+validators (the probe's for the origin that answered it), later ones are sent as a precondition
+(If-Match with a strong ETag, else If-Unmodified-Since with the Last-Modified date) and checked
+again on the answer; a mismatch raises SourceChanged, which starts the fetch over.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class SourceChanged(Exception):
 class _Origin:
     target: Target
     etag: str | None = None
+    last_modified: str | None = None  # compared only when there is no strong ETag
     failures: int = 0
     set_aside_until: float = 0.0
     in_flight: int = 0
@@ -80,6 +86,7 @@ class ParallelDownload:
         assert identity.length is not None
         self._origins = [_Origin(target) for target in targets]
         self._origins[identity_origin].etag = identity.etag
+        self._origins[identity_origin].last_modified = identity.last_modified
         self._client = client
         self._policy = policy
         self._limiter = limiter
@@ -89,6 +96,14 @@ class ParallelDownload:
         self._connections = connections
         self._chunk = chunk_size
         self._buffer = buffer
+        if not part.kept and have.total():
+            # A recreated part file is all holes: what the checkpoint says it held is gone.
+            log.warning(
+                "the download window %s was recreated; fetching again the %d bytes the "
+                "checkpoint said it held",
+                part.path, have.total(),
+            )  # fmt: skip
+            have = RangeSet()
         self._have = have
         self._in_flight: list[tuple[int, int]] = []
         self._consumed = start
@@ -279,6 +294,8 @@ class ParallelDownload:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if origin.etag:
             headers["If-Match"] = origin.etag
+        elif origin.last_modified:
+            headers["If-Unmodified-Since"] = origin.last_modified
         with self._cond:
             self.stats.requests += 1
         with (
@@ -306,7 +323,10 @@ class ParallelDownload:
         if status in RETRYABLE_STATUS:
             raise Retryable(f"HTTP {status}", retry_after(response))
         if status == 412:
-            raise SourceChanged(f"{origin.shown} no longer has ETag {origin.etag}")
+            validator = (
+                f"ETag {origin.etag}" if origin.etag else f"Last-Modified {origin.last_modified}"
+            )
+            raise SourceChanged(f"{origin.shown} no longer serves the file with {validator}")
         if status == 200:
             raise OriginRefused("it ignores Range requests, which parallel fetching needs")
         if status != 206:
@@ -320,10 +340,20 @@ class ParallelDownload:
         if match.group(3) != str(self._length):
             raise SourceChanged(f"{origin.shown} serves {match.group(3)} bytes, not {self._length}")
         etag = strong_etag(response)
+        modified = response.headers.get("last-modified")
+        if origin.etag and etag:
+            if etag != origin.etag:
+                raise SourceChanged(f"{origin.shown} changed its ETag from {origin.etag} to {etag}")
+        elif origin.last_modified and modified and modified != origin.last_modified:
+            # Without a strong ETag on both sides the date is all that tells two files apart.
+            raise SourceChanged(
+                f"{origin.shown} changed its Last-Modified from {origin.last_modified} "
+                f"to {modified}"
+            )
         if origin.etag is None:
             origin.etag = etag
-        elif etag and etag != origin.etag:
-            raise SourceChanged(f"{origin.shown} changed its ETag from {origin.etag} to {etag}")
+        if origin.last_modified is None:
+            origin.last_modified = modified
 
     def _check_stop(self) -> None:
         if self._stop.is_set() or self._closing:
@@ -337,27 +367,86 @@ class Probe:
     origin: int  # index of the origin that answered
 
 
-def probe(targets: list[Target], client: httpx.Client) -> Probe | None:
-    """Ask each origin once for byte 0: the file's identity and whether Range works.
+# Rounds of probing after the first, when no origin answered but some failed transiently.
+PROBE_RETRIES = 3
 
-    None when none answers at once; the streaming path then retries and reports each origin.
+
+class _NoProbe(Exception):
+    """This origin's answer to the probe settles nothing for parallel fetching; not retried."""
+
+
+def probe(
+    targets: list[Target],
+    client: httpx.Client,
+    policy: RetryPolicy | None = None,
+    stop: threading.Event | None = None,
+) -> Probe | None:
+    """Ask the origins for byte 0: the file's identity and whether Range works.
+
+    Each origin in turn, the first answer wins. When none answered and some failed in a way
+    worth another try (5xx, 408, 429, a connection error or timeout), the round is asked again
+    after the retry policy's backoff (or the Retry-After asked for), up to PROBE_RETRIES times.
+    None when no origin answered: the streaming path then retries and reports each origin.
     """
-    for index, target in enumerate(targets):
-        try:
-            with client.stream(
-                "GET", target.url, headers={"Range": "bytes=0-0"}, auth=target.auth
-            ) as response:
-                status = response.status_code
-                etag = strong_etag(response)
-                modified = response.headers.get("last-modified")
-                if status == 206:
-                    match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
-                    if match and match.group(3) != "*":
-                        return Probe(Identity(int(match.group(3)), etag, modified), True, index)
-                elif status == 200:
-                    declared = response.headers.get("content-length", "")
-                    length = int(declared) if declared.isdigit() else None
-                    return Probe(Identity(length, etag, modified), False, index)
-        except (httpx.TransportError, OriginRefused):
-            continue  # the streaming path retries it and reports why
+    policy = policy or RetryPolicy()
+    why: dict[int, str] = {}
+    settled: set[int] = set()  # origins whose answer is final: no use asking them again
+    attempts = 1 + min(PROBE_RETRIES, policy.retries)
+    for attempt in range(1, attempts + 1):
+        retryable: dict[int, Retryable] = {}
+        for index, target in enumerate(targets):
+            if index in settled:
+                continue
+            try:
+                return _probe_one(target, client, index)
+            except Retryable as error:
+                retryable[index] = error
+                why[index] = str(error)
+            except (_NoProbe, OriginRefused) as error:
+                settled.add(index)
+                why[index] = str(error)
+        if not retryable or attempt == attempts:
+            break
+        hints = [e.retry_after for e in retryable.values() if e.retry_after is not None]
+        wait = max(hints) if hints else policy.backoff(attempt)
+        if wait > policy.max_wait:
+            break  # a long pause asked for: the streaming path knows how to wait for it
+        log.info(
+            "no origin answered the range probe (%s); asking again in %.1fs (%d/%d)",
+            "; ".join(f"{targets[i].shown}: {e}" for i, e in retryable.items()),
+            wait, attempt, attempts - 1,
+        )  # fmt: skip
+        if stop is None:
+            time.sleep(wait)
+        elif stop.wait(wait):
+            return None
+    if stop is None or not stop.is_set():
+        log.warning(
+            "no origin answered the range probe (%s): fetching over one connection",
+            "; ".join(f"{targets[i].shown}: {reason}" for i, reason in sorted(why.items())),
+        )
     return None
+
+
+def _probe_one(target: Target, client: httpx.Client, index: int) -> Probe:
+    with (
+        transport_errors_retryable(),
+        client.stream(
+            "GET", target.url, headers={"Range": "bytes=0-0"}, auth=target.auth
+        ) as response,
+    ):
+        status = response.status_code
+        etag = strong_etag(response)
+        modified = response.headers.get("last-modified")
+        if status in RETRYABLE_STATUS:
+            raise Retryable(f"HTTP {status}", retry_after(response))
+        if status == 206:
+            match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            if match and match.group(3) != "*":
+                return Probe(Identity(int(match.group(3)), etag, modified), True, index)
+            raise _NoProbe(f"HTTP 206 without a length ({response.headers.get('content-range')!r})")
+        if status == 200:
+            declared = response.headers.get("content-length", "")
+            length = int(declared) if declared.isdigit() else None
+            return Probe(Identity(length, etag, modified), False, index)
+        raise _NoProbe(f"HTTP {status}")

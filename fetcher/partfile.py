@@ -34,10 +34,16 @@ def _libc() -> ctypes.CDLL | None:
 
 class PartFile:
     def __init__(self, path: Path, length: int, *, keep: bool) -> None:
-        """Open (keep=True: reuse the bytes a checkpoint vouches for) or create the part file."""
+        """Open (keep=True: reuse the bytes a checkpoint vouches for) or create the part file.
+
+        kept is False when the file was created or emptied here: then it holds no data at all,
+        whatever ranges the checkpoint recorded.
+        """
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         self._fd = os.open(path, flags, 0o600)
-        if not keep or os.fstat(self._fd).st_size != length:
+        # A file of another length (or none) cannot hold what the checkpoint vouches for.
+        self.kept = keep and os.fstat(self._fd).st_size == length
+        if not self.kept:
             os.ftruncate(self._fd, 0)
         os.ftruncate(self._fd, length)
         self.path = path

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 import threading
@@ -74,15 +76,111 @@ def test_mirrors_share_the_work_and_a_dying_mirror_is_left(
     assert _extracted(out) == expected
 
 
+def _bounded(ranges: list[str]) -> bool:
+    """Every range is a closed bytes=a-b: what parallel fetching asks, never a stream's a-."""
+    return all(re.fullmatch(r"bytes=\d+-\d+", r) for r in ranges)
+
+
 def test_dropped_ranges_and_5xx_bursts_are_finished_elsewhere(
-    origin: Origin, tmp_path: Path, expected: dict[str, object]
+    origin: Origin, tmp_path: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    origin.add("/m", ARCHIVE, faults=Faults(drop_after=100_000, drop_times=6, statuses=[503] * 3))
+    # The probe is answered (200: "behave"), then the burst hits the parallel ranges.
+    faults = Faults(drop_after=100_000, drop_times=6, statuses=[200, 503, 503, 503])
+    origin.add("/m", ARCHIVE, faults=faults)
     out = tmp_path / "out"
     args = ("--sha256", sha256(ARCHIVE), "-o", out, *PARALLEL, "--retries", "20")
     assert run_fetch(origin.url("/m"), *args) == 0
-    assert sum(r.status == 503 for r in origin.requests) == 3
-    assert sum(r.fault == "drop" for r in origin.requests) == 6
+    requests = [r for r in origin.requests if r.method == "GET"]
+    assert (requests[0].range, requests[0].status) == ("bytes=0-0", 206)
+    assert sum(r.status == 503 for r in requests) == 3
+    assert sum(r.fault == "drop" for r in requests) == 6
+    assert all(r.range != "bytes=0-0" for r in requests[1:])
+    assert _bounded(_ranges(origin))
+    err = capsys.readouterr().err
+    assert "set aside" in err
+    assert "fetching over one connection" not in err
+    assert _extracted(out) == expected
+
+
+def test_a_probe_answered_with_5xx_is_asked_again_before_parallel_ranges(
+    origin: Origin, tmp_path: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    origin.add("/m", ARCHIVE, faults=Faults(statuses=[503, 429]))
+    out = tmp_path / "out"
+    assert run_fetch(origin.url("/m"), "--sha256", sha256(ARCHIVE), "-o", out, *PARALLEL) == 0
+    requests = [r for r in origin.requests if r.method == "GET"]
+    assert [(r.range, r.status) for r in requests[:3]] == [
+        ("bytes=0-0", s) for s in (503, 429, 206)
+    ]
+    assert len(requests) > 4
+    assert _bounded(_ranges(origin))
+    err = capsys.readouterr().err
+    assert "no origin answered the range probe" in err
+    assert "asking again" in err
+    assert "fetching over one connection" not in err
+    assert _extracted(out) == expected
+
+
+def test_a_probe_no_origin_answers_falls_back_to_one_stream_and_says_so(
+    tmp_path: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Origin() as source, Origin() as mirror:
+        source.add("/m", ARCHIVE, faults=Faults(not_found=True))
+        # 1 + 3 probes, all refused for now; the stream that takes over is served.
+        mirror.add("/m", ARCHIVE, faults=Faults(statuses=[503] * 4))
+        out = tmp_path / "out"
+        code = run_fetch(
+            source.url("/m"), "--mirror", mirror.url("/m"), "--sha256", sha256(ARCHIVE),
+            "-o", out, *PARALLEL,
+        )  # fmt: skip
+        assert code == 0
+        assert len(source.requests) == 2  # once by the probe (final), once by the stream
+        probes = [r for r in mirror.requests if r.range == "bytes=0-0"]
+        assert [r.status for r in probes] == [503] * 4
+        assert [(r.range, r.status) for r in mirror.requests[4:]] == [(None, 200)]
+        line = (
+            f"no origin answered the range probe ({source.url('/m')}: HTTP 404; "
+            f"{mirror.url('/m')}: HTTP 503): fetching over one connection"
+        )
+    assert line in capsys.readouterr().err
+    assert _extracted(out) == expected
+
+
+def test_a_mirror_that_dies_mid_run_is_set_aside_and_the_source_finishes(
+    tmp_path: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Origin() as source:
+        mirror = Origin().start()
+        mirror_url = mirror.url("/m")
+        try:
+            # Paced, so the mirror is stopped with most of the file still to come.
+            source.add("/m", ARCHIVE, faults=Faults(drip_bytes_per_s=1_000_000))
+            mirror.add("/m", ARCHIVE, faults=Faults(drip_bytes_per_s=1_000_000))
+
+            def kill_mirror() -> None:
+                deadline = time.monotonic() + 20
+                while mirror.bytes_sent("/m") < 200_000 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                mirror.stop()  # the listener closes: connections are refused from now on
+
+            killer = threading.Thread(target=kill_mirror)
+            killer.start()
+            out = tmp_path / "out"
+            code = run_fetch(
+                source.url("/m"), "--mirror", mirror_url, "--sha256", sha256(ARCHIVE),
+                "-o", out, *PARALLEL, "--chunk-size", "64K",
+            )  # fmt: skip
+            killer.join()
+        finally:
+            mirror.stop()
+        by_mirror = sum(r.body_bytes for r in mirror.requests if r.status == 206)
+        by_source = sum(r.body_bytes for r in source.requests if r.status == 206)
+    assert code == 0
+    assert 200_000 <= by_mirror < len(ARCHIVE) // 2  # it died early in the run
+    assert by_source >= len(ARCHIVE) - by_mirror
+    err = capsys.readouterr().err
+    assert f"origin {mirror_url}: connection failed: [Errno 111] Connection refused" in err
+    assert "set aside for" in err
     assert _extracted(out) == expected
 
 
@@ -106,6 +204,56 @@ def test_an_etag_change_mid_run_starts_over_cleanly(
     assert "the source changed while being fetched" in err
     assert any(r.status == 412 for r in origin.requests)
     assert _extracted(out) == expected
+
+
+def _same_length_archives() -> tuple[Tree, bytes, Tree, bytes]:
+    """Two tars with the same names and sizes: another file, byte for byte the same length."""
+    old: Tree = {f"w/{n}.bin": random.Random(n).randbytes(1_000_000) for n in range(3)}
+    new: Tree = {f"w/{n}.bin": random.Random(10 + n).randbytes(1_000_000) for n in range(3)}
+    old_archive, new_archive = py_archive(old, "none"), py_archive(new, "none")
+    assert len(old_archive) == len(new_archive)
+    return old, old_archive, new, new_archive
+
+
+@pytest.mark.parametrize("preconditions", ["honoured", "ignored"])
+def test_a_file_republished_without_etag_mid_run_is_never_mixed(
+    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str], preconditions: str
+) -> None:
+    """No ETag, same length: only Last-Modified tells the new file from the old one."""
+    old, old_archive, new, new_archive = _same_length_archives()
+    ignored = preconditions == "ignored"
+    origin.add(
+        "/m", old_archive, etag=None, last_modified="Mon, 01 Jan 2024 00:00:00 GMT",
+        faults=Faults(drip_bytes_per_s=1_000_000, ignore_preconditions=ignored),
+    )  # fmt: skip
+
+    def republish() -> None:
+        deadline = time.monotonic() + 10
+        # Several ranges of the old file have arrived, most of it is still to come.
+        while origin.bytes_sent("/m") < 600_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        origin.add(
+            "/m", new_archive, etag=None, last_modified="Tue, 02 Jan 2024 00:00:00 GMT",
+            faults=Faults(ignore_preconditions=ignored),
+        )  # fmt: skip
+
+    republisher = threading.Thread(target=republish)
+    republisher.start()
+    out = tmp_path / "out"
+    code = run_fetch(origin.url("/m"), "-o", out, *PARALLEL)  # no --sha256 to catch a mix
+    republisher.join()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    ranged = [r for r in origin.requests if r.range != "bytes=0-0"]
+    assert all(r.headers.get("if-unmodified-since") for r in ranged)
+    assert "the source changed while being fetched" in err
+    if ignored:  # told apart by the date on the answer
+        assert "changed its Last-Modified from Mon, 01 Jan 2024" in err
+    else:  # refused by the origin
+        assert any(r.status == 412 for r in origin.requests)
+        assert "no longer serves the file with Last-Modified Mon, 01 Jan 2024" in err
+    assert _extracted(out) == dict(tree_snapshot(write_tree(new, tmp_path / "new")))
+    assert _extracted(out) != dict(tree_snapshot(write_tree(old, tmp_path / "old")))
 
 
 def test_a_source_that_keeps_changing_is_an_error_with_a_cure(
@@ -140,14 +288,6 @@ def _sample_disk(paths: list[Path], stop: threading.Event, peaks: dict[str, int]
                     except FileNotFoundError:
                         continue
             peaks[str(path)] = max(peaks.get(str(path), 0), total)
-            if total > 6_000_000 and "state" in str(path):
-                print(
-                    sorted(
-                        (n, os.lstat(os.path.join(r, n)).st_blocks * 512)
-                        for r, _, fs in os.walk(path)
-                        for n in fs
-                    )
-                )
         time.sleep(0.01)
 
 

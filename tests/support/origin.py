@@ -14,14 +14,17 @@ Behaviour, in the order the server decides it for each request to a known path:
    (with ``Retry-After`` for 429 and 503 when ``Faults.retry_after`` is set).
 2. ``Faults.not_found`` -> 404; ``Faults.redirect_to`` -> 302 with ``Location``;
    ``Faults.require_authorization`` -> 401 unless the ``Authorization`` header equals it.
-3. ``If-Match`` (strong comparison, ``*`` matches) -> 412 on mismatch.
+3. ``If-Match`` (strong comparison, ``*`` matches) -> 412 on mismatch; without ``If-Match``,
+   ``If-Unmodified-Since`` -> 412 when the path's ``Last-Modified`` is later than that date
+   (neither when ``Faults.ignore_preconditions``).
 4. ``Range`` (single range ``a-b``, ``a-``, ``-n``) -> 206 or 416, unless ``Faults.ranges`` is
    False, ``If-Range`` does not match (full 200), or the header is malformed or asks for several
    ranges (ignored, full 200), as RFC 9110 allows.
 5. Body faults on GET: ``drop_after``, ``stall_after``, ``lie_content_length``,
    ``drip_bytes_per_s``, ``first_byte_delay``.
 
-Unknown paths answer 404. Every request is logged in ``Origin.requests``.
+Unknown paths answer 404. Every request is logged in ``Origin.requests``. ``Origin.add_file``
+serves a file from disk (mapped, not read into memory), for payloads too large to hold.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import copy
 import enum
 import hashlib
 import http.server
+import mmap
 import re
 import select
 import socket
@@ -41,6 +45,7 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit
@@ -101,6 +106,9 @@ class Faults:
     """Answer 401 unless the request's ``Authorization`` header is exactly this."""
     first_byte_delay: float = 0.0
     """Seconds to wait before sending the status line (time-to-first-byte)."""
+    ignore_preconditions: bool = False
+    """Answer as if ``If-Match`` and ``If-Unmodified-Since`` were not sent, as some caches and
+    old servers do: only the validators on the answer tell the client what it got."""
 
 
 @dataclass
@@ -131,7 +139,7 @@ class RequestRecord:
 
 @dataclass
 class _File:
-    data: bytes
+    data: bytes | mmap.mmap
     etag: str | None
     last_modified: str | None
     faults: Faults
@@ -205,6 +213,19 @@ def _if_range_matches(value: str, etag: str | None, last_modified: str | None) -
         return False
     try:
         return parsedate_to_datetime(value) == parsedate_to_datetime(last_modified)
+    except (TypeError, ValueError):
+        return False
+
+
+def _modified_since(last_modified: str | None, value: str) -> bool:
+    """Whether ``last_modified`` is later than the ``If-Unmodified-Since`` date ``value``.
+
+    An unparsable date, or none to compare, makes the precondition not apply (RFC 9110).
+    """
+    if last_modified is None:
+        return False
+    try:
+        return parsedate_to_datetime(last_modified) > parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return False
 
@@ -457,6 +478,27 @@ class Origin:
         with self._lock:
             self._files[path] = entry
 
+    def add_file(
+        self,
+        path: str,
+        file: Path,
+        *,
+        etag: str | None = None,
+        last_modified: str | Literal[_Auto.AUTO] | None = AUTO,
+        faults: Faults | None = None,
+    ) -> None:
+        """Serve the bytes of ``file`` at ``path``, mapped rather than read into memory.
+
+        Like ``add``, except that no ETag is derived unless one is given (hashing a large file
+        takes long). The file must not change while it is served.
+        """
+        with file.open("rb") as handle:
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        date = formatdate(usegmt=True) if isinstance(last_modified, _Auto) else last_modified
+        entry = _File(data, etag, date, copy.deepcopy(faults) if faults else Faults())
+        with self._lock:
+            self._files[self._norm(path)] = entry
+
     def remove(self, path: str) -> None:
         with self._lock:
             self._files.pop(self._norm(path), None)
@@ -578,9 +620,18 @@ class Origin:
                 validators.append(("ETag", etag))
             if entry.last_modified is not None:
                 validators.append(("Last-Modified", entry.last_modified))
-            if record.if_match is not None and not _etag_in_list(record.if_match, etag):
+            if self._precondition_fails(entry, record, etag):
                 return self._simple(412, validators)
             return self._plan_body(entry, record, etag, validators)
+
+    @staticmethod
+    def _precondition_fails(entry: _File, record: RequestRecord, etag: str | None) -> bool:
+        if entry.faults.ignore_preconditions:
+            return False
+        if record.if_match is not None:
+            return not _etag_in_list(record.if_match, etag)
+        since = record.headers.get("if-unmodified-since")
+        return since is not None and _modified_since(entry.last_modified, since)
 
     def _plan_refusal(self, entry: _File, record: RequestRecord) -> _Plan | None:
         """Queued statuses, 404, redirect and 401: answers that never carry the file."""
