@@ -115,6 +115,22 @@ def test_checksum_mismatch_exits_3_and_leaves_nothing_behind(
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("connections", ["1", "4"])
+def test_max_extracted_size_refuses_the_member_past_the_cap_with_exit_4(
+    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str], connections: str
+) -> None:
+    archive = py_archive({"a.bin": b"a" * 600_000, "b.bin": b"b" * 600_000}, "zst")
+    origin.add("/m", archive)
+    out = tmp_path / "out"
+    args = ("-o", out, "--max-extracted-size", "1M", "--connections", connections)
+    assert run_fetch(origin.url("/m"), *args) == 4
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "refused archive member 'b.bin'" in last
+    assert "cap of 1000000 bytes (--max-extracted-size)" in last
+    assert list(out.iterdir()) == []  # not even a.bin, which fitted
+    assert run_fetch(origin.url("/m"), "-o", out, "--max-extracted-size", "1.2M") == 0
+
+
 def test_a_rerun_with_the_same_source_and_digest_uses_no_network(
     origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import pty
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,24 +16,43 @@ import time
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from tests.fetcher.conftest import sha256
-from tests.support.archives import compress, py_archive
+from tests.support.archives import py_archive
 from tests.support.origin import Faults, Origin
 
 FETCH = [sys.executable, "-m", "fetcher"]
 
 
-def _big_archive(extracted_mib: int) -> bytes:
-    """A tar.zst whose members add up to extracted_mib, compressing ~100:1."""
-    buffer = io.BytesIO()
-    block = (bytes(range(256)) * 4096)[: 1 << 20]
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+class _RandomBytes(io.RawIOBase):
+    """size seeded random bytes, made as they are read: incompressible, never all in memory."""
+
+    def __init__(self, seed: int, size: int) -> None:
+        self._random = random.Random(seed)
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        self._left -= size
+        return self._random.randbytes(size)
+
+
+def _incompressible_archive(path: Path, mib: int) -> Path:
+    """A tar.zst of mib MiB of random members, written piece by piece: as large on the wire."""
+    with (
+        path.open("wb") as raw,
+        zstandard.ZstdCompressor(level=1).stream_writer(raw, closefd=False) as packed,
+        tarfile.open(fileobj=packed, mode="w|", copybufsize=1 << 20) as archive,
+    ):
         for index in range(4):
             info = tarfile.TarInfo(f"shard-{index}.bin")
-            info.size = extracted_mib // 4 << 20
-            archive.addfile(info, io.BytesIO(block * (extracted_mib // 4)))
-    return compress(buffer.getvalue(), "zst", level=1)
+            info.size = mib // 4 << 20
+            archive.addfile(info, _RandomBytes(mib * 10 + index, info.size))
+    return path
 
 
 def _peak_rss_kib(args: list[str]) -> tuple[int, int]:
@@ -51,18 +72,33 @@ def _peak_rss_kib(args: list[str]) -> tuple[int, int]:
 
 
 def test_peak_memory_does_not_grow_with_the_archive(origin: Origin, tmp_path: Path) -> None:
-    small, large = _big_archive(8), _big_archive(800)
-    origin.add("/small", small)
-    origin.add("/large", large)
-    code_small, rss_small = _peak_rss_kib([*FETCH, origin.url("/small"), "-o", str(tmp_path / "s")])
-    code_large, rss_large = _peak_rss_kib([*FETCH, origin.url("/large"), "-o", str(tmp_path / "l")])
-    assert (code_small, code_large) == (0, 0)
-    assert sum(f.stat().st_size for f in (tmp_path / "l").glob("shard-*")) == 800 << 20
+    """64 MiB and 1 GiB of random bytes: the archive itself grows 16x on the wire.
+
+    64 MiB is four 16 MiB ranges, so the small run already keeps every connection busy.
+    """
+    sizes = {"small": 64, "large": 1024}
+    peaks = {}
+    for name, mib in sizes.items():
+        archive = _incompressible_archive(tmp_path / f"{name}.tar.zst", mib)
+        assert archive.stat().st_size > mib << 20  # random bytes do not compress
+        origin.add_file(f"/{name}", archive)
+        out = tmp_path / name
+        code, peaks[name] = _peak_rss_kib([*FETCH, origin.url(f"/{name}"), "-o", str(out)])
+        assert code == 0
+        assert sum(f.stat().st_size for f in out.glob("shard-*")) == mib << 20
+        assert origin.bytes_sent(f"/{name}") >= archive.stat().st_size
+        archive.unlink()
+        shutil.rmtree(out)
+    rss_small, rss_large = peaks["small"], peaks["large"]
+    print(f"peak RSS: {rss_small} KiB for 64 MiB, {rss_large} KiB for 1 GiB")
     assert rss_large < 100 * 1024, f"peak RSS {rss_large} KiB"
     assert rss_large - rss_small < 16 * 1024, f"{rss_small} KiB -> {rss_large} KiB"
 
 
-def test_sigterm_stops_with_128_plus_15_and_one_plain_line(origin: Origin, tmp_path: Path) -> None:
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_with_128_plus_n_and_one_plain_line(
+    origin: Origin, tmp_path: Path, number: signal.Signals
+) -> None:
     archive = py_archive({"weights": os.urandom(2_000_000)}, "zst")
     origin.add("/m", archive, faults=Faults(drip_bytes_per_s=200_000))
     out = tmp_path / "out"
@@ -74,11 +110,14 @@ def test_sigterm_stops_with_128_plus_15_and_one_plain_line(origin: Origin, tmp_p
     deadline = time.monotonic() + 10
     while origin.bytes_sent("/m") < 200_000 and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(number)
     _, err = process.communicate(timeout=10)
-    assert process.returncode == 128 + signal.SIGTERM, err
-    assert err.strip().splitlines()[-1].startswith("model-fetch: error: stopped by SIGTERM")
+    assert process.returncode == 128 + number, err  # 143 for SIGTERM, 130 for SIGINT
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"model-fetch: error: stopped by {number.name}"), last
+    assert "run the same command again" in last
     assert not (out / ".model-fetch.json").exists()
+    assert (out / ".model-fetch" / "checkpoint.json").exists()  # flushed before leaving
 
 
 def test_out_of_disk_exits_6_naming_the_cure(tmp_path: Path) -> None:
