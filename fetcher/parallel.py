@@ -108,7 +108,12 @@ class ParallelDownload:
         self._in_flight: list[tuple[int, int]] = []
         self._consumed = start
         self._released = start
-        self._cond = threading.Condition()
+        # One lock, two conditions: bytes arriving wake only the consumer, and only what can
+        # change a dispatch decision (consumed, released, a range done, an origin set aside)
+        # wakes the idle workers. One condition for both woke every thread per 64 KiB read.
+        self._lock = threading.RLock()
+        self._arrived = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)
         self._error: BaseException | None = None
         self._closing = False
         self.stats = StreamStats(identity=identity)
@@ -130,25 +135,29 @@ class ParallelDownload:
                 end = self._wait_for(position)
                 data = self._part.read_at(position, min(end, position + READ_SIZE) - position)
                 position += len(data)
-                with self._cond:
+                with self._lock:
                     # Counted before the decoder sees them: a checkpoint taken while it works
                     # through these bytes may release the window up to any point within them.
                     self._consumed = position
-                    self._cond.notify_all()
+                    self._changed.notify_all()
                 yield data
         finally:
-            with self._cond:
+            with self._lock:
                 self._closing = True
-                self._cond.notify_all()
+                self._wake_everyone()
             for worker in workers:
                 worker.join(timeout=10)
 
+    def _wake_everyone(self) -> None:
+        self._arrived.notify_all()
+        self._changed.notify_all()
+
     def _holds(self, position: int) -> bool:
-        with self._cond:
+        with self._lock:
             return self._have.contiguous_end(position) > position
 
     def _wait_for(self, position: int) -> int:
-        with self._cond:
+        with self._lock:
             while True:
                 if self._error is not None:
                     raise self._error
@@ -157,17 +166,18 @@ class ParallelDownload:
                     return end
                 if self._stop.is_set():
                     raise Interrupted(0, "a stop request")
-                self._cond.wait(0.5)
+                self._arrived.wait(0.5)
 
     def holdings(self) -> list[tuple[int, int]]:
-        with self._cond:
+        with self._lock:
             return self._have.as_list()
 
     def release_below(self, position: int) -> None:
         """Hand back the window's space below position, which no restart will read again."""
-        with self._cond:
+        with self._lock:
             start, self._released = self._released, max(self._released, position)
             self._have.remove_below(self._released)
+            self._changed.notify_all()
         if self._released > start:
             self._part.release(start, self._released)
 
@@ -196,17 +206,17 @@ class ParallelDownload:
                 except OriginRefused as refused:
                     self._give_up(origin, f"{origin.shown}: {refused}")
                 finally:
-                    with self._cond:
+                    with self._lock:
                         self._in_flight = [r for r in self._in_flight if r[1] != task[1]]
                         origin.in_flight -= 1
-                        self._cond.notify_all()
+                        self._changed.notify_all()
         except BaseException as error:  # handed to the consumer, which reports it
-            with self._cond:
+            with self._lock:
                 self._error = self._error or error
-                self._cond.notify_all()
+                self._wake_everyone()
 
     def _next_assignment(self) -> tuple[tuple[int, int], _Origin] | None:
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closing or self._error is not None or self._stop.is_set():
                     return None
@@ -219,9 +229,9 @@ class ParallelDownload:
                         self._in_flight.append(task)
                         origin_or_wait.in_flight += 1
                         return task, origin_or_wait
-                    self._cond.wait(origin_or_wait)
+                    self._changed.wait(origin_or_wait)
                 else:
-                    self._cond.wait(0.5)
+                    self._changed.wait(0.5)
 
     def _dispatchable(self) -> tuple[int, int] | None:
         """The first missing range nobody fetches, if the window allows it."""
@@ -260,7 +270,7 @@ class ParallelDownload:
             attempts = [o.gave_up or o.shown for o in self._origins]
             hints = [a for a in attempts if a.startswith(("s3://", "gs://"))]
             self._error = SourceUnreachable(attempts, hints[-1] if hints else "")
-            self._cond.notify_all()
+            self._wake_everyone()
             return 0.0
         now = time.monotonic()
         ready = [o for o in usable if o.set_aside_until <= now]
@@ -269,7 +279,7 @@ class ParallelDownload:
         return min(ready, key=lambda o: (o.in_flight, self._origins.index(o)))
 
     def _set_aside(self, origin: _Origin, error: Retryable) -> None:
-        with self._cond:
+        with self._lock:
             origin.failures += 1
             if origin.failures > self._policy.retries:
                 self._give_up(origin, f"{origin.shown}: {error} (after {origin.failures} attempts)")
@@ -284,9 +294,9 @@ class ParallelDownload:
         )  # fmt: skip
 
     def _give_up(self, origin: _Origin, why: str) -> None:
-        with self._cond:
+        with self._lock:
             origin.gave_up = why
-            self._cond.notify_all()
+            self._changed.notify_all()
         log.warning("leaving origin %s", why)
 
     def _fetch(self, origin: _Origin, task: tuple[int, int]) -> None:
@@ -296,7 +306,7 @@ class ParallelDownload:
             headers["If-Match"] = origin.etag
         elif origin.last_modified:
             headers["If-Unmodified-Since"] = origin.last_modified
-        with self._cond:
+        with self._lock:
             self.stats.requests += 1
         with (
             transport_errors_retryable(),
@@ -310,10 +320,10 @@ class ParallelDownload:
             for data in paced_body(response, self._limiter, self._policy, check_stop):
                 piece = data[: end - position]
                 self._part.write_at(position, piece)
-                with self._cond:
+                with self._lock:
                     self._have.add(position, position + len(piece))
                     self.stats.bytes_received += len(piece)
-                    self._cond.notify_all()
+                    self._arrived.notify()
                 position += len(piece)
             if position < end:
                 raise Retryable(f"body ended at byte {position} of a range ending at {end}")
