@@ -7,7 +7,6 @@ import logging
 import os
 import queue
 import shutil
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import certifi
 import httpx
 
 from fetcher.checkpoint import CHECKPOINT_NAME, Checkpoint, Checkpointer, load_checkpoint
+from fetcher.client import make_client
 from fetcher.errors import (
     ChecksumMismatch,
     CorruptArchive,
@@ -735,16 +734,9 @@ def _sync_filesystem(path: Path) -> None:
 
 
 def _client(request: FetchRequest) -> httpx.Client:
-    context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
-    if request.ca_bundle:
-        context.load_verify_locations(cafile=str(request.ca_bundle))
-    headers = {"User-Agent": "model-fetch/0.1", "Accept-Encoding": "identity"}
-    if request.authorization:
-        headers["Authorization"] = request.authorization
-    return httpx.Client(
-        verify=context,
-        headers=headers,
-        follow_redirects=True,
-        timeout=httpx.Timeout(request.retry.read_timeout, connect=request.connect_timeout),
-        trust_env=True,  # HTTPS_PROXY and NO_PROXY, as clusters behind a proxy need
+    return make_client(
+        ca_bundle=request.ca_bundle,
+        authorization=request.authorization,
+        read_timeout=request.retry.read_timeout,
+        connect_timeout=request.connect_timeout,
     )
