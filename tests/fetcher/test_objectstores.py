@@ -228,33 +228,43 @@ def test_s3_missing_object_ends_with_one_line_naming_it(
     assert "check the key" in last
 
 
-def test_s3_access_denied_names_the_object_and_the_credentials(
-    s3: S3, aws_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (
+            "outsider",  # valid keys without permission on the object
+            [
+                "s3://private-models/llama/model.tar.zst: access denied (HTTP 403 AccessDenied)",
+                "s3:GetObject",
+            ],
+        ),
+        (
+            "wrong-secret",
+            ["the credentials were refused (HTTP 403 SignatureDoesNotMatch)", "check"],
+        ),
+    ],
+)
+def test_s3_refused_keys_end_with_what_to_check(
+    *,
+    s3: S3,
+    aws_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    keys: str,
+    expected: list[str],
 ) -> None:
-    _keys(aws_env, s3.outsider)
+    access_key, secret = s3.outsider if keys == "outsider" else (s3.reader[0], "not-the-secret")
+    _keys(aws_env, (access_key, secret))
     code = run_fetch(
         "s3://private-models/llama/model.tar.zst", "-o", tmp_path / "o",
         "--s3-endpoint", s3.url, *FAST,
     )  # fmt: skip
-    last = _last_line(capsys.readouterr().err)
+    output = capsys.readouterr()
+    last = _last_line(output.err)
     assert code == 5
-    assert "s3://private-models/llama/model.tar.zst: access denied (HTTP 403 AccessDenied)" in last
-    assert "s3:GetObject" in last
-    assert s3.outsider[1] not in last
-
-
-def test_s3_wrong_secret_is_refused_with_what_to_check(
-    s3: S3, aws_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _keys(aws_env, (s3.reader[0], "not-the-secret"))
-    code = run_fetch(
-        "s3://private-models/llama/model.tar.zst", "-o", tmp_path / "o",
-        "--s3-endpoint", s3.url, *FAST,
-    )  # fmt: skip
-    last = _last_line(capsys.readouterr().err)
-    assert code == 5
-    assert "the credentials were refused (HTTP 403 SignatureDoesNotMatch)" in last
-    assert "not-the-secret" not in last
+    for part in expected:
+        assert part in last
+    assert secret not in output.err + output.out
 
 
 def test_s3_private_object_anonymously_says_no_credentials_were_found(
