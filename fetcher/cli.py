@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from fetcher.errors import FetchError, UsageError
-from fetcher.fetch import FetchRequest, StopRequest, fetch
+from fetcher.fetch import AUTO_CONNECTIONS, FetchRequest, StopRequest, fetch
 from fetcher.formats import FORMAT_CHOICES, parse_format
 from fetcher.logs import configure
 from fetcher.objectstores import bucket_and_key, is_store_url
@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", metavar="DIR", type=Path,
         help="where state files live (default: a hidden folder in DIR, removed on success)",
     )  # fmt: skip
-    parser.add_argument("--connections", metavar="N", type=int, default=4)
+    parser.add_argument(
+        "--connections", metavar="N|auto", default="auto",
+        help=f"parallel ranged GETs; auto: one connection, growing to {AUTO_CONNECTIONS} when "
+        "it cannot keep the decoder busy (default auto)",
+    )  # fmt: skip
     parser.add_argument("--chunk-size", metavar="SIZE", default="16MiB")
     parser.add_argument("--max-bandwidth", metavar="RATE")
     parser.add_argument("--max-disk-buffer", metavar="SIZE", default="1GiB")
@@ -124,6 +128,17 @@ def read_authorization(spec: str) -> str:
     return value
 
 
+def _connections(value: str) -> tuple[int, bool]:
+    """--connections as (how many at most, whether to start with one and grow)."""
+    if value == "auto":
+        return AUTO_CONNECTIONS, True
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(
+            f"--connections must be a whole number of at least 1, or auto; not {value!r}"
+        )
+    return int(value), False
+
+
 def request_from_args(args: argparse.Namespace) -> FetchRequest:
     for url in (args.url, *args.mirror):
         validate_url(url)
@@ -131,8 +146,9 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
             bucket_and_key(url)
     if args.sha256 is not None and not _HEX64.match(args.sha256):
         raise UsageError("--sha256 must be 64 hexadecimal characters")
-    if args.connections < 1 or args.retries < 0:
-        raise UsageError("--connections must be at least 1 and --retries at least 0")
+    connections, grow = _connections(args.connections)
+    if args.retries < 0:
+        raise UsageError("--retries must be at least 0")
     if args.ca_bundle and not args.ca_bundle.is_file():
         raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
     compression, layout = parse_format(args.format)
@@ -161,7 +177,8 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
         s3_endpoint=args.s3_endpoint,
         s3_region=args.s3_region,
         checkpoint_interval=args.checkpoint_interval,
-        connections=args.connections,
+        connections=connections,
+        grow_connections=grow,
         chunk_size=parse_size(args.chunk_size, what="--chunk-size"),
         max_disk_buffer=parse_size(args.max_disk_buffer, what="--max-disk-buffer"),
     )

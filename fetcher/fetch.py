@@ -26,6 +26,7 @@ from fetcher.errors import (
     UnsafeArchive,
 )
 from fetcher.formats import Compression, Layout
+from fetcher.growing import GrowingDownload
 from fetcher.marker import (
     Marker,
     fsync_directory,
@@ -52,6 +53,8 @@ from fetcher.urls import basename, redact
 log = logging.getLogger("model-fetch")
 
 WORK_DIR_NAME = ".model-fetch"
+# --connections auto grows to this many, and only when one connection leaves the decoder idle.
+AUTO_CONNECTIONS = 8
 COMMIT_JOURNAL = "commit.json"
 _QUEUE_CHUNKS = 8  # read-ahead between the network thread and the decoder: ~8 MiB
 
@@ -76,6 +79,7 @@ class FetchRequest:
     connect_timeout: float = 15.0
     checkpoint_interval: float = 2.0
     connections: int = 4
+    grow_connections: bool = False  # start with one connection, grow when it is the wait
     chunk_size: int = 16 << 20
     max_disk_buffer: int = 1 << 30
 
@@ -366,6 +370,7 @@ def _source(
     resumed: bool,
 ) -> Source:
     if probed is not None and probed.ranges and probed.identity.length:
+        length = probed.identity.length
         chunk = min(
             request.chunk_size, max(request.max_disk_buffer // request.connections, 1 << 18)
         )
@@ -374,24 +379,63 @@ def _source(
                 "ranges of %s, so %d connections fit in the %s window",
                 human_bytes(chunk), request.connections, human_bytes(request.max_disk_buffer),
             )  # fmt: skip
-        part = PartFile(request.state_dir / "download.part", probed.identity.length, keep=resumed)
-        return ParallelDownload(
-            targets,
-            client,
-            policy=request.retry,
-            limiter=limiter,
-            stop=halt,
-            part=part,
-            identity=probed.identity,
-            identity_origin=probed.origin,
-            connections=request.connections,
-            chunk_size=chunk,
-            buffer=request.max_disk_buffer,
-            have=RangeSet(checkpoint.chunks if resumed else ()),
+        identity, origin = probed.identity, probed.origin
+
+        def parallel_from(position: int, *, keep: bool = False) -> ParallelDownload:
+            part = PartFile(request.state_dir / "download.part", length, keep=keep)
+            return ParallelDownload(
+                targets,
+                client,
+                policy=request.retry,
+                limiter=limiter,
+                stop=halt,
+                part=part,
+                identity=identity,
+                identity_origin=origin,
+                connections=request.connections,
+                chunk_size=chunk,
+                buffer=request.max_disk_buffer,
+                have=RangeSet(checkpoint.chunks if keep else ()),
+                start=position,
+            )
+
+        holds = resumed and bool(checkpoint.chunks)
+        if not request.grow_connections or holds:  # a window to reuse: straight to ranges
+            return parallel_from(checkpoint.position, keep=resumed)
+        return GrowingDownload(
+            _stream(
+                request,
+                targets,
+                client,
+                limiter=limiter,
+                halt=halt,
+                checkpoint=checkpoint,
+                resumed=resumed,
+            ),
+            parallel_from,
             start=checkpoint.position,
+            length=length,
+            connections=request.connections,
+            max_bandwidth=request.max_bandwidth,
         )
     if probed is not None and not probed.ranges:
         log.info("the origin does not honour Range requests: fetching over one connection")
+    return _stream(
+        request, targets, client,
+        limiter=limiter, halt=halt, checkpoint=checkpoint, resumed=resumed,
+    )  # fmt: skip
+
+
+def _stream(
+    request: FetchRequest,
+    targets: list[Target],
+    client: httpx.Client,
+    *,
+    limiter: RateLimiter,
+    halt: threading.Event,
+    checkpoint: Checkpoint,
+    resumed: bool,
+) -> MirroredStream:
     known = Identity(checkpoint.length, checkpoint.etag, checkpoint.last_modified)
     return MirroredStream(
         targets,
@@ -408,7 +452,8 @@ def _source(
 class Source(Protocol):
     """Where ordered bytes come from: one stream with failover, or parallel ranges."""
 
-    stats: StreamStats
+    @property
+    def stats(self) -> StreamStats: ...
 
     def chunks(self) -> Iterator[bytes | StartOver]: ...
 

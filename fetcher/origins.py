@@ -88,7 +88,7 @@ class MirroredStream:
         self._identity = identity
         self._identity_url = targets[0].url if identity else ""
 
-    def chunks(self) -> Iterator[bytes | StartOver]:
+    def chunks(self) -> Generator[bytes | StartOver, None, None]:
         """The file's bytes in order; StartOver voids everything yielded before it."""
         failures_by_origin: list[str] = []
         for target in self._targets:

@@ -1,0 +1,143 @@
+"""`--connections auto`: one connection first, parallel ranges once it proves to be the wait.
+
+A fast origin (a LAN cache, loopback, a nearby store) serves one connection faster than the
+decoder can use it, and parallel ranges would only add the on-disk window's copy and flushes.
+A capped origin (a CDN edge, an object store, anything far away) serves each connection slowly,
+and there many ranges at once are what make the download fast. Which one this is shows on the
+first connection: window by window, it is measured how long the stream's thread sat idle
+waiting for bytes from the socket (wall time inside the read less the thread's own CPU time,
+which on a fast origin is most of it: parsing HTTP in Python). When idle waiting is most of the
+window, the stream is closed at the byte reached and parallel ranges carry on from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+
+from fetcher.origins import MirroredStream, StartOver, StreamStats
+from fetcher.parallel import ParallelDownload
+from fetcher.units import human_bytes
+
+log = logging.getLogger("model-fetch")
+
+WINDOW_SECONDS = 0.5
+# Share of a window spent idle, waiting for the socket, above which more connections help.
+NETWORK_BOUND = 0.5
+# Under --max-bandwidth, a stream this close to the cap has nothing to gain from more.
+NEAR_THE_CAP = 0.8
+
+
+class GrowingDownload:
+    def __init__(
+        self,
+        stream: MirroredStream,
+        parallel_from: Callable[[int], ParallelDownload],
+        *,
+        start: int,
+        length: int,
+        connections: int,
+        max_bandwidth: float | None,
+        window: float = WINDOW_SECONDS,
+    ) -> None:
+        self._stream = stream
+        self._parallel_from = parallel_from
+        self._start = start
+        self._length = length
+        self._connections = connections
+        self._max_bandwidth = max_bandwidth
+        self._window = window
+        self._parallel: ParallelDownload | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def stats(self) -> StreamStats:
+        """What both phases have done so far (a fresh copy each time)."""
+        first = self._stream.stats
+        second = self._parallel.stats if self._parallel else StreamStats()
+        return StreamStats(
+            bytes_received=first.bytes_received + second.bytes_received,
+            requests=first.requests + second.requests,
+            origin=second.origin or first.origin,
+            identity=first.identity or second.identity,
+            notes=[*first.notes, *second.notes],
+        )
+
+    def chunks(self) -> Iterator[bytes | StartOver]:
+        position = yield from self._stream_while_it_keeps_up()
+        if position is None:
+            return
+        with self._lock:
+            self._parallel = self._parallel_from(position)
+        yield from self._parallel.chunks()
+
+    def _stream_while_it_keeps_up(self) -> Generator[bytes | StartOver, None, int | None]:
+        """Stream; None once the whole file came this way, else the byte to go parallel from."""
+        stream = self._stream.chunks()
+        position = self._start
+        window_start, window_bytes, waited = time.monotonic(), 0, 0.0
+        first = True
+        try:
+            while True:
+                asked, asked_cpu = time.monotonic(), time.thread_time()
+                item = next(stream, None)
+                waited += (time.monotonic() - asked) - (time.thread_time() - asked_cpu)
+                if item is None:
+                    return None
+                if isinstance(item, StartOver):
+                    position = 0
+                    yield item
+                    continue
+                position += len(item)
+                window_bytes += len(item)
+                if first:  # connecting and the first byte's latency say nothing of throughput
+                    first, window_bytes, waited = False, 0, 0.0
+                    window_start = time.monotonic()
+                yield item
+                now = time.monotonic()
+                if now - window_start < self._window:
+                    continue
+                if position < self._length and self._network_is_the_wait(
+                    waited, now - window_start, window_bytes
+                ):
+                    log.info(
+                        "one connection brings %s/s and waited idle for the network %.0f%% of "
+                        "the time: going on from byte %d over %d connections",
+                        human_bytes(int(window_bytes / (now - window_start))),
+                        100 * waited / (now - window_start),
+                        position,
+                        self._connections,
+                    )
+                    return position
+                window_start, window_bytes, waited = now, 0, 0.0
+        finally:
+            stream.close()  # closes the response: the ranges take over from here
+
+    def _network_is_the_wait(self, waited: float, elapsed: float, received: int) -> bool:
+        if waited / elapsed <= NETWORK_BOUND:
+            return False
+        return not (
+            self._max_bandwidth and received / elapsed >= NEAR_THE_CAP * self._max_bandwidth
+        )
+
+    def holdings(self) -> list[tuple[int, int]]:
+        parallel = self._parallel
+        return parallel.holdings() if parallel else []
+
+    def release_below(self, position: int) -> None:
+        parallel = self._parallel
+        if parallel:
+            parallel.release_below(position)
+
+    def sync(self) -> None:
+        parallel = self._parallel
+        if parallel:
+            parallel.sync()
+
+    def close(self) -> None:
+        with self._lock:
+            parallel = self._parallel
+        if parallel:
+            parallel.close()
