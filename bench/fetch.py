@@ -51,6 +51,7 @@ STREAMING_REV = "3b6aa1c"
 """The last commit of the single-stream fetcher, before parallel ranged GETs."""
 SCENARIO_METHODS = {
     "throttled": (
+        "model-fetch",
         "model-fetch-c1",
         "model-fetch-c4",
         "model-fetch-c8",
@@ -60,6 +61,7 @@ SCENARIO_METHODS = {
     ),
     "unthrottled": (
         "model-fetch-streaming",
+        "model-fetch",
         "model-fetch-c1",
         "model-fetch-c4",
         "model-fetch-c8",
@@ -178,7 +180,7 @@ def _model_fetch(*extra: str) -> Callable[[RunContext], list[str]]:
 
 method(
     "model-fetch",
-    "model-fetch URL --sha256 HEX -o DIR (default connections)",
+    "model-fetch URL --sha256 HEX -o DIR (the default, --connections auto)",
     leaves=frozenset({MARKER}),
     fetcher=True,
 )(_model_fetch())
