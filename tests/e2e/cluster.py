@@ -30,16 +30,21 @@ def missing_docker_or_kind() -> str | None:
     """Why the e2e tests cannot run here, or None when Docker and kind are both usable."""
     if shutil.which("kind") is None:
         return "needs Docker and kind: `kind` is not on PATH (install kind, then make e2e-kind)"
+    return missing_docker()
+
+
+def missing_docker() -> str | None:
+    """Why no image can be built here, or None when a Docker engine answers."""
     if shutil.which("docker") is None:
-        return "needs Docker and kind: `docker` is not on PATH"
+        return "needs Docker: `docker` is not on PATH"
     try:
         info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        return "needs Docker and kind: `docker info` did not answer within 60 s"
+        return "needs Docker: `docker info` did not answer within 60 s"
     if info.returncode != 0:
         lines = (info.stderr or info.stdout).strip().splitlines()
         why = lines[-1] if lines else f"exit status {info.returncode}"
-        return f"needs Docker and kind: `docker info` failed, so kind has no engine ({why})"
+        return f"needs Docker: `docker info` failed, so there is no engine ({why})"
     return None
 
 

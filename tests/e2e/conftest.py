@@ -91,9 +91,9 @@ def pytest_runtest_makereport(
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     """A kind cluster running the webhook from the `kind` overlay with fresh certificates."""
-    problem = missing_docker_or_kind()
-    if problem is not None:
-        pytest.skip(problem)
+    docker_or_kind_missing = missing_docker_or_kind()
+    if docker_or_kind_missing is not None:
+        pytest.skip(reason=docker_or_kind_missing)
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl is needed next to Docker and kind for the e2e tests")
