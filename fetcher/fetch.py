@@ -369,6 +369,19 @@ def _source(
     probed: Probe | None,
     resumed: bool,
 ) -> Source:
+    def single_stream() -> MirroredStream:
+        known = Identity(checkpoint.length, checkpoint.etag, checkpoint.last_modified)
+        return MirroredStream(
+            targets,
+            client,
+            request.retry,
+            limiter,
+            halt,
+            trust_digest=bool(request.sha256),
+            start=checkpoint.position,
+            identity=known if resumed else None,
+        )
+
     if probed is not None and probed.ranges and probed.identity.length:
         length = probed.identity.length
         chunk = min(
@@ -403,15 +416,7 @@ def _source(
         if not request.grow_connections or holds:  # a window to reuse: straight to ranges
             return parallel_from(checkpoint.position, keep=resumed)
         return GrowingDownload(
-            _stream(
-                request,
-                targets,
-                client,
-                limiter=limiter,
-                halt=halt,
-                checkpoint=checkpoint,
-                resumed=resumed,
-            ),
+            single_stream(),
             parallel_from,
             start=checkpoint.position,
             length=length,
@@ -420,33 +425,7 @@ def _source(
         )
     if probed is not None and not probed.ranges:
         log.info("the origin does not honour Range requests: fetching over one connection")
-    return _stream(
-        request, targets, client,
-        limiter=limiter, halt=halt, checkpoint=checkpoint, resumed=resumed,
-    )  # fmt: skip
-
-
-def _stream(
-    request: FetchRequest,
-    targets: list[Target],
-    client: httpx.Client,
-    *,
-    limiter: RateLimiter,
-    halt: threading.Event,
-    checkpoint: Checkpoint,
-    resumed: bool,
-) -> MirroredStream:
-    known = Identity(checkpoint.length, checkpoint.etag, checkpoint.last_modified)
-    return MirroredStream(
-        targets,
-        client,
-        request.retry,
-        limiter,
-        halt,
-        trust_digest=bool(request.sha256),
-        start=checkpoint.position,
-        identity=known if resumed else None,
-    )
+    return single_stream()
 
 
 class Source(Protocol):
