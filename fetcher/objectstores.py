@@ -27,11 +27,12 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from fetcher.errors import UsageError
+from fetcher.errors import SourceUnreachable, UsageError
 from fetcher.responses import OriginRefused
 from fetcher.urls import redact
 
 STORE_SCHEMES = ("s3", "gs")
+_STORE_PREFIXES = tuple(f"{scheme}://" for scheme in STORE_SCHEMES)
 GCS_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 # Headers that take part in a SigV4 signature; others (User-Agent, Accept-Encoding) may be
 # rewritten by proxies and are left out, as the AWS SDKs do.
@@ -288,6 +289,18 @@ def _field(pattern: re.Pattern[bytes], body: bytes) -> str:
         return ""
     text = match.group(1).decode(errors="replace")
     return "".join(c for c in " ".join(text.split()) if c.isprintable())
+
+
+def unreachable(attempts: list[str]) -> SourceUnreachable:
+    """Every origin given up. An object store's refusal says best what to check, so the last
+    one, if any, is the line to end with."""
+    store_lines = [line for line in attempts if line.startswith(_STORE_PREFIXES)]
+    return SourceUnreachable(attempts, store_lines[-1] if store_lines else "")
+
+
+def given_up_line(shown: str, refused: OriginRefused) -> str:
+    """One line for an origin left after a final answer; a store's refusal names the object."""
+    return str(refused) if isinstance(refused, StoreRefused) else f"{shown}: {refused}"
 
 
 def refusal(target: Target, response: httpx.Response) -> OriginRefused:

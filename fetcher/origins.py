@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from fetcher.errors import Interrupted, SourceUnreachable
-from fetcher.objectstores import StoreRefused, Target, refusal
+from fetcher.errors import Interrupted
+from fetcher.objectstores import StoreRefused, Target, refusal, unreachable
 from fetcher.ratelimit import RateLimiter
 from fetcher.responses import (
     CONTENT_RANGE,
@@ -96,9 +96,7 @@ class MirroredStream:
             if gave_up is None:
                 return
             failures_by_origin.append(gave_up)
-        # An object store's refusal says best what to check; the last one is the line to show.
-        hints = [f for f in failures_by_origin if f.startswith(("s3://", "gs://"))]
-        raise SourceUnreachable(failures_by_origin, hints[-1] if hints else "")
+        raise unreachable(failures_by_origin)
 
     def _from_origin(self, target: Target) -> Generator[bytes | StartOver, None, str | None]:
         """Stream from one origin with retries: None once complete, else why it was left."""

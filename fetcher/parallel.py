@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from fetcher.errors import Interrupted, SourceUnreachable
-from fetcher.objectstores import StoreRefused, Target, refusal
+from fetcher.errors import Interrupted
+from fetcher.objectstores import Target, given_up_line, refusal, unreachable
 from fetcher.origins import StreamStats
 from fetcher.partfile import PartFile
 from fetcher.ranges import RangeSet
@@ -201,10 +201,8 @@ class ParallelDownload:
                     origin.failures = 0
                 except Retryable as error:
                     self._set_aside(origin, error)
-                except StoreRefused as refused:
-                    self._give_up(origin, str(refused))
                 except OriginRefused as refused:
-                    self._give_up(origin, f"{origin.shown}: {refused}")
+                    self._give_up(origin, given_up_line(origin.shown, refused))
                 finally:
                     with self._lock:
                         self._in_flight = [r for r in self._in_flight if r[1] != task[1]]
@@ -267,9 +265,7 @@ class ParallelDownload:
         """The least busy usable origin, or how long to wait for one to come back."""
         usable = [o for o in self._origins if o.gave_up is None]
         if not usable:
-            attempts = [o.gave_up or o.shown for o in self._origins]
-            hints = [a for a in attempts if a.startswith(("s3://", "gs://"))]
-            self._error = SourceUnreachable(attempts, hints[-1] if hints else "")
+            self._error = unreachable([o.gave_up or o.shown for o in self._origins])
             self._wake_everyone()
             return 0.0
         now = time.monotonic()
@@ -386,10 +382,7 @@ class _NoProbe(Exception):
 
 
 def probe(
-    targets: list[Target],
-    client: httpx.Client,
-    policy: RetryPolicy | None = None,
-    stop: threading.Event | None = None,
+    targets: list[Target], client: httpx.Client, policy: RetryPolicy, stop: threading.Event
 ) -> Probe | None:
     """Ask the origins for byte 0: the file's identity and whether Range works.
 
@@ -398,7 +391,6 @@ def probe(
     after the retry policy's backoff (or the Retry-After asked for), up to PROBE_RETRIES times.
     None when no origin answered: the streaming path then retries and reports each origin.
     """
-    policy = policy or RetryPolicy()
     why: dict[int, str] = {}
     settled: set[int] = set()  # origins whose answer is final: no use asking them again
     attempts = 1 + min(PROBE_RETRIES, policy.retries)
@@ -426,11 +418,9 @@ def probe(
             "; ".join(f"{targets[i].shown}: {e}" for i, e in retryable.items()),
             wait, attempt, attempts - 1,
         )  # fmt: skip
-        if stop is None:
-            time.sleep(wait)
-        elif stop.wait(wait):
+        if stop.wait(wait):
             return None
-    if stop is None or not stop.is_set():
+    if not stop.is_set():
         log.warning(
             "no origin answered the range probe (%s): fetching over one connection",
             "; ".join(f"{targets[i].shown}: {reason}" for i, reason in sorted(why.items())),
