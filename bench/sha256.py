@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from fetcher.sha256 import ResumableSha256, libcrypto_origin
+from fetcher.stages.digest import ResumableSha256, libcrypto_origin
 
 CHUNK = 1024 * 1024
 

@@ -16,10 +16,10 @@ from types import FrameType
 from fetcher.errors import FetchError, UsageError
 from fetcher.fetch import AUTO_CONNECTIONS, FetchRequest, StopRequest, fetch
 from fetcher.formats import FORMAT_CHOICES, parse_format
+from fetcher.http.exchange import RetryPolicy
+from fetcher.http.stores import bucket_and_key, is_store_url
 from fetcher.logs import configure
-from fetcher.objectstores import bucket_and_key, is_store_url
 from fetcher.progress import Progress
-from fetcher.responses import RetryPolicy
 from fetcher.units import parse_rate, parse_size
 from fetcher.urls import validate_url
 

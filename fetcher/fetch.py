@@ -16,8 +16,6 @@ from typing import Any, Protocol
 
 import httpx
 
-from fetcher.checkpoint import CHECKPOINT_NAME, Checkpoint, Checkpointer, load_checkpoint
-from fetcher.client import make_client
 from fetcher.errors import (
     ChecksumMismatch,
     CorruptArchive,
@@ -26,8 +24,21 @@ from fetcher.errors import (
     UnsafeArchive,
 )
 from fetcher.formats import Compression, Layout
-from fetcher.growing import GrowingDownload
-from fetcher.marker import (
+from fetcher.http.client import make_client
+from fetcher.http.exchange import Identity, RetryPolicy
+from fetcher.http.ratelimit import RateLimiter, TokenBucket, Unlimited
+from fetcher.http.stores import Target, resolve
+from fetcher.progress import Progress
+from fetcher.sources.growing import GrowingDownload
+from fetcher.sources.partfile import PartFile
+from fetcher.sources.ranged import ParallelDownload, Probe, SourceChanged, probe
+from fetcher.sources.ranges import RangeSet
+from fetcher.sources.stream import MirroredStream, StartOver, StreamStats
+from fetcher.stages.chain import Pass
+from fetcher.stages.digest import ResumableSha256
+from fetcher.stages.tree import sync_filesystem
+from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint, Checkpointer, load_checkpoint
+from fetcher.state.marker import (
     Marker,
     fsync_directory,
     read_marker,
@@ -36,17 +47,6 @@ from fetcher.marker import (
     write_atomically,
     write_marker,
 )
-from fetcher.objectstores import Target, resolve
-from fetcher.origins import MirroredStream, StartOver, StreamStats
-from fetcher.parallel import ParallelDownload, Probe, SourceChanged, probe
-from fetcher.partfile import PartFile
-from fetcher.pipeline import Pass
-from fetcher.progress import Progress
-from fetcher.ranges import RangeSet
-from fetcher.ratelimit import RateLimiter, TokenBucket, Unlimited
-from fetcher.responses import Identity, RetryPolicy
-from fetcher.sha256 import ResumableSha256
-from fetcher.tree import sync_filesystem
 from fetcher.units import human_bytes
 from fetcher.urls import basename, redact
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fetcher.marker import MARKER_NAME
+from fetcher.state.marker import MARKER_NAME
 from tests.e2e.cluster import FETCHER_IMAGE, WEBHOOK_NAMESPACE, WEBHOOK_SELECTOR, Kube, Manifest
 from tests.e2e.objects import (
     BAD_SHA256,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpcore
 
-from fetcher.client import READ_SIZE, make_client
+from fetcher.http.client import READ_SIZE, make_client
 from tests.support.origin import Origin
 
 

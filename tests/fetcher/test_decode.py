@@ -11,9 +11,9 @@ import zlib
 import pytest
 import zstandard
 
-from fetcher.decode import OUTPUT_CHUNK, AutoDecoder, Emit, make_decoder
 from fetcher.errors import CorruptArchive
 from fetcher.formats import Compression, detect_compression
+from fetcher.stages.decode import OUTPUT_CHUNK, AutoDecoder, Emit, make_decoder
 
 PAYLOAD_A = random.Random(1).randbytes(200_000) * 3
 PAYLOAD_B = b"model weights " * 150_000

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.marker import MARKER_NAME
+from fetcher.state.marker import MARKER_NAME
 from tests.fetcher.conftest import FAST_RETRIES, run_fetch, sha256
 from tests.support.archives import (
     Dir,

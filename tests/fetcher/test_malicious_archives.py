@@ -18,8 +18,8 @@ import pytest
 
 from fetcher.errors import UnsafeArchive
 from fetcher.formats import Layout
-from fetcher.pipeline import Pass
-from fetcher.sha256 import ResumableSha256
+from fetcher.stages.chain import Pass
+from fetcher.stages.digest import ResumableSha256
 
 Member = tuple[tarfile.TarInfo, bytes]
 

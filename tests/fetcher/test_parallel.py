@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.marker import MARKER_NAME
+from fetcher.state.marker import MARKER_NAME
 from tests.fetcher.conftest import run_fetch, sha256
 from tests.support.archives import Tree, make_tree, py_archive, tree_snapshot, write_tree
 from tests.support.origin import Faults, Origin

@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fetcher.ranges import RangeSet
+from fetcher.sources.ranges import RangeSet
 
 spans = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 60)), max_size=25)
 

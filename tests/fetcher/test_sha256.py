@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fetcher import sha256
-from fetcher.sha256 import ResumableSha256, Sha256Unavailable
+from fetcher.stages import digest as sha256
+from fetcher.stages.digest import ResumableSha256, Sha256Unavailable
 
 # Layout of a version 1 state, restated here so the tests can forge blobs with valid checksums.
 HEADER = struct.Struct("<8sH")

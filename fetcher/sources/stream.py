@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from fetcher.errors import Interrupted
-from fetcher.objectstores import StoreRefused, Target, refusal, unreachable
-from fetcher.ratelimit import RateLimiter
-from fetcher.responses import (
+from fetcher.http.exchange import (
     CONTENT_RANGE,
     MAX_RETRY_AFTER,
     RETRYABLE_STATUS,
@@ -33,6 +31,8 @@ from fetcher.responses import (
     transport_errors_retryable,
     unsatisfied_length,
 )
+from fetcher.http.ratelimit import RateLimiter
+from fetcher.http.stores import StoreRefused, Target, refusal, unreachable
 
 log = logging.getLogger("model-fetch")
 

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fetcher.decode import AutoDecoder, Chunk, Emit
 from fetcher.formats import Compression, Layout, strip_suffix
-from fetcher.sha256 import ResumableSha256
-from fetcher.sinks import Sink, make_sink, resumed_sink
-from fetcher.tree import SafeTree
+from fetcher.stages.decode import AutoDecoder, Chunk, Emit
+from fetcher.stages.digest import ResumableSha256
+from fetcher.stages.sinks import Sink, make_sink, resumed_sink
+from fetcher.stages.tree import SafeTree
 
 # Called with the stream position at every point where all stages could be restored.
 OnRestorable = Callable[[int], None]

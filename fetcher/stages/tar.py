@@ -14,7 +14,7 @@ import tarfile
 from typing import Any
 
 from fetcher.errors import CorruptArchive, UnsafeArchive
-from fetcher.tree import SafeTree
+from fetcher.stages.tree import SafeTree
 
 BLOCK = 512
 _MAX_EXTENDED_HEADER = 1 << 20

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from fetcher.ratelimit import RateLimiter
+from fetcher.http.ratelimit import RateLimiter
 
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}

@@ -23,12 +23,7 @@ from dataclasses import dataclass
 import httpx
 
 from fetcher.errors import Interrupted
-from fetcher.objectstores import Target, given_up_line, refusal, unreachable
-from fetcher.origins import StreamStats
-from fetcher.partfile import PartFile
-from fetcher.ranges import RangeSet
-from fetcher.ratelimit import RateLimiter
-from fetcher.responses import (
+from fetcher.http.exchange import (
     CONTENT_RANGE,
     RETRYABLE_STATUS,
     Identity,
@@ -40,6 +35,11 @@ from fetcher.responses import (
     strong_etag,
     transport_errors_retryable,
 )
+from fetcher.http.ratelimit import RateLimiter
+from fetcher.http.stores import Target, given_up_line, refusal, unreachable
+from fetcher.sources.partfile import PartFile
+from fetcher.sources.ranges import RangeSet
+from fetcher.sources.stream import StreamStats
 
 log = logging.getLogger("model-fetch")
 

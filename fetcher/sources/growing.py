@@ -17,8 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 
-from fetcher.origins import MirroredStream, StartOver, StreamStats
-from fetcher.parallel import ParallelDownload
+from fetcher.sources.ranged import ParallelDownload
+from fetcher.sources.stream import MirroredStream, StartOver, StreamStats
 from fetcher.units import human_bytes
 
 log = logging.getLogger("model-fetch")

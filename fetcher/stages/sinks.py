@@ -6,8 +6,8 @@ import base64
 from typing import Any, Protocol
 
 from fetcher.formats import SNIFF_TAR_BYTES, Layout, looks_like_tar
-from fetcher.tar import TarReader
-from fetcher.tree import SafeTree
+from fetcher.stages.tar import TarReader
+from fetcher.stages.tree import SafeTree
 
 
 class Sink(Protocol):

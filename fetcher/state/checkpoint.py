@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fetcher.marker import write_atomically
+from fetcher.state.marker import write_atomically
 
 log = logging.getLogger("model-fetch")
 

@@ -1,0 +1,1 @@
+"""HTTP edge: the shared client, the response classifier, retries, pacing, object-store signers."""

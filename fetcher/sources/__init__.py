@@ -1,0 +1,1 @@
+"""Where the ordered bytes of the archive come from: one stream, parallel ranges, or both."""

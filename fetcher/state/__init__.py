@@ -1,0 +1,1 @@
+"""What survives a crash: typed, versioned checkpoints, the marker, atomic writes, the lock."""
