@@ -14,12 +14,14 @@ from pathlib import Path
 from types import FrameType
 
 from fetcher.errors import FetchError, UsageError
-from fetcher.fetch import AUTO_CONNECTIONS, FetchRequest, StopRequest, fetch
+from fetcher.fetch import fetch
 from fetcher.formats import FORMAT_CHOICES, parse_format
-from fetcher.http.exchange import RetryPolicy
+from fetcher.http.retry import RetryPolicy
 from fetcher.http.stores import bucket_and_key, is_store_url
 from fetcher.logs import configure
+from fetcher.pipeline import StopRequest
 from fetcher.progress import Progress
+from fetcher.request import AUTO_CONNECTIONS, FetchRequest
 from fetcher.units import parse_rate, parse_size
 from fetcher.urls import validate_url
 
@@ -87,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint-interval", metavar="SECONDS", type=float, default=2.0,
         help="how often progress is made durable for a resume after a crash",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lock-wait", metavar="SECONDS", type=float, default=300.0,
+        help="how long to wait for another model-fetch working in DIR to finish",
     )  # fmt: skip
     parser.add_argument("--auth-from", metavar="env:NAME|file:PATH")
     parser.add_argument("--ca-bundle", metavar="FILE", type=Path)
@@ -181,6 +187,7 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
         grow_connections=grow,
         chunk_size=parse_size(args.chunk_size, what="--chunk-size"),
         max_disk_buffer=parse_size(args.max_disk_buffer, what="--max-disk-buffer"),
+        lock_wait=args.lock_wait,
     )
 
 

@@ -10,12 +10,16 @@ import certifi
 import httpcore
 import httpx
 
+from fetcher.http.retry import OriginRefused
+from fetcher.urls import redact
+
 # httpcore reads a body 64 KiB per socket read, and each read costs a trip through h11,
 # httpcore and httpx in Python, holding the GIL. Model archives are large, so larger reads
 # cut that per-byte cost by a factor: on loopback, one connection went from 4.3 s to 3.1 s
 # for 1.4 GiB, four from 5.9 s to 4.6 s (docs/benchmarks.md). Larger still gained little more
 # and added a MiB of memory per connection.
 READ_SIZE = 256 * 1024
+MAX_REDIRECTS = 10
 
 
 def _read_in_larger_pieces() -> None:
@@ -30,7 +34,9 @@ def make_client(
     authorization: str | None,
     read_timeout: float,
     connect_timeout: float,
+    transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
+    """The client; tests hand in a transport (httpx.MockTransport) instead of sockets."""
     _read_in_larger_pieces()
     context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
     if ca_bundle:
@@ -42,6 +48,22 @@ def make_client(
         verify=context,
         headers=headers,
         follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        event_hooks={"response": [refuse_downgrade]},
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
         trust_env=True,  # HTTPS_PROXY and NO_PROXY, as clusters behind a proxy need
+        transport=transport,
     )
+
+
+def refuse_downgrade(response: httpx.Response) -> None:
+    """A redirect may never take an https request to plain http, where anyone can read it."""
+    if not response.is_redirect or response.request.url.scheme != "https":
+        return
+    location = response.headers.get("location", "")
+    target = response.request.url.join(location)
+    if target.scheme != "https":
+        raise OriginRefused(
+            f"it redirects to {redact(str(target))}, which is not https; an https source is "
+            "never followed to plain http"
+        )

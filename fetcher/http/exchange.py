@@ -1,23 +1,25 @@
-"""What every HTTP exchange of the fetcher shares: file identity, retry policy, paced reads."""
+"""One classifier for every answer an origin gives: the stream, the ranges and the probe.
+
+An answer is either the bytes asked for (``Served``: where they start and which file they
+belong to) or one of these, raised:
+
+- ``Retryable``: 408, 429, 5xx, a Content-Range that does not answer the question;
+- ``OriginRefused`` (``StoreRefused`` for object stores): a final answer such as 404 or 403;
+- ``PreconditionFailed``: 412, the file changed under an If-Match/If-Unmodified-Since;
+- ``NotSatisfiable``: 416, with the length the origin reports, if any.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
-import random
 import re
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 
-from fetcher.http.ratelimit import RateLimiter
+from fetcher.http.retry import RETRYABLE_STATUS, Retryable, retry_after
+from fetcher.http.stores import Target, refusal
 
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-# A Retry-After longer than this moves on to the next origin instead of waiting.
-MAX_RETRY_AFTER = 300.0
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,7 @@ class Identity:
             if self.etag != other.etag:
                 return False, f"the ETag changed from {self.etag} to {other.etag}"
         elif (
-            self.last_modified
-            and other.last_modified
-            and (self.last_modified != other.last_modified)
+            self.last_modified and other.last_modified and self.last_modified != other.last_modified
         ):
             return (
                 False,
@@ -50,30 +50,23 @@ class Identity:
         return True, ""
 
 
-@dataclass
-class RetryPolicy:
-    retries: int = 5
-    base_wait: float = 0.5
-    max_wait: float = 30.0
-    read_timeout: float = 30.0
-    low_speed_limit: int = 1024
-    low_speed_time: float = 60.0
-
-    def backoff(self, failures: int) -> float:
-        ceiling = min(self.max_wait, self.base_wait * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+@dataclass(frozen=True)
+class Served:
+    status: int  # 200: the whole file from byte 0; 206: the range asked for
+    start: int
+    identity: Identity
 
 
-class Retryable(Exception):
-    """A failure worth another try: connection, timeout, stall, 5xx, 408, 429, short body."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+class PreconditionFailed(Exception):
+    """412: the file no longer has the validators the request named."""
 
 
-class OriginRefused(Exception):
-    """A final answer from this origin (404, 403, ...): go to the next one."""
+class NotSatisfiable(Exception):
+    """416: the range starts at or past the end; length is what the origin says the file has."""
+
+    def __init__(self, length: int | None) -> None:
+        super().__init__(f"range not satisfiable (length {length})")
+        self.length = length
 
 
 def strong_etag(response: httpx.Response) -> str | None:
@@ -82,58 +75,40 @@ def strong_etag(response: httpx.Response) -> str | None:
     return None if not etag or etag.startswith("W/") else etag
 
 
-@contextlib.contextmanager
-def transport_errors_retryable() -> Iterator[None]:
-    """httpx's connection and timeout errors, as the Retryable failures they are."""
-    try:
-        yield
-    except httpx.TimeoutException as error:
-        raise Retryable(f"timed out ({type(error).__name__})") from None
-    except httpx.TransportError as error:
-        raise Retryable(f"connection failed: {error or type(error).__name__}") from None
+def read_answer(
+    response: httpx.Response, target: Target, *, first: int, last: int | None
+) -> Served:
+    """Classify the answer to a GET of bytes first..last (last None: to the end)."""
+    status = response.status_code
+    if status in RETRYABLE_STATUS:
+        raise Retryable(f"HTTP {status}", retry_after(response))
+    if status == 412:
+        raise PreconditionFailed
+    if status == 416:
+        raise NotSatisfiable(_unsatisfied_length(response))
+    validators = (strong_etag(response), response.headers.get("last-modified"))
+    if status == 200:
+        declared = response.headers.get("content-length", "")
+        length = int(declared) if declared.isdigit() else None
+        return Served(200, 0, Identity(length, *validators))
+    if status != 206:
+        raise refusal(target, response)
+    header = response.headers.get("content-range", "")
+    match = CONTENT_RANGE.match(header)
+    if (
+        not match
+        or match.group(3) == "*"
+        or int(match.group(1)) != first
+        or (last is not None and int(match.group(2)) != last)
+        or int(match.group(2)) >= int(match.group(3))
+    ):
+        wanted = f"bytes={first}-{'' if last is None else last}"
+        raise Retryable(f"Content-Range {header!r} does not answer {wanted}")
+    return Served(206, first, Identity(int(match.group(3)), *validators))
 
 
-def paced_body(
-    response: httpx.Response,
-    limiter: RateLimiter,
-    policy: RetryPolicy,
-    check_stop: Callable[[], None],
-) -> Iterator[bytes]:
-    """The body as received, within the bandwidth cap; a stall raises Retryable."""
-    window_start = time.monotonic()
-    window_bytes = 0
-    throttled = 0.0
-    with transport_errors_retryable():
-        for chunk in response.iter_raw():
-            throttled += limiter.take(len(chunk))
-            yield chunk
-            check_stop()
-            window_bytes += len(chunk)
-            elapsed = time.monotonic() - window_start - throttled
-            if elapsed >= policy.low_speed_time:
-                if window_bytes / elapsed < policy.low_speed_limit:
-                    raise Retryable(
-                        f"stalled: {window_bytes} bytes in {elapsed:.0f}s, "
-                        f"below {policy.low_speed_limit} bytes/s"
-                    )
-                window_start, window_bytes, throttled = time.monotonic(), 0, 0.0
-
-
-def unsatisfied_length(response: httpx.Response) -> int | None:
+def _unsatisfied_length(response: httpx.Response) -> int | None:
     value = response.headers.get("content-range", "")
     if value.startswith("bytes */") and value[8:].isdigit():
         return int(value[8:])
     return None
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

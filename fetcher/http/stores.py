@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from fetcher.errors import SourceUnreachable, UsageError
-from fetcher.http.exchange import OriginRefused
+from fetcher.http.retry import OriginRefused
 from fetcher.urls import redact
 
 STORE_SCHEMES = ("s3", "gs")

@@ -1,1 +1,48 @@
-"""Where the ordered bytes of the archive come from: one stream, parallel ranges, or both."""
+"""Where the ordered bytes of the archive come from: one stream, parallel ranges, or both.
+
+A source is two methods: ``chunks()`` yields the file's bytes in order from the position it
+was made for, and ``close()``. Failures it cannot retry past are raised: ``SourceChanged``
+when an origin now serves another file (the fetch then starts over), ``SourceUnreachable``
+when every origin gave up. A source that keeps bytes on disk ahead of the decoder is also a
+``Window``: it says which ranges it holds and takes back the space behind a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from fetcher.http.exchange import Identity
+
+
+class SourceChanged(Exception):
+    """An origin now serves another file than the one being assembled."""
+
+
+@dataclass
+class SourceStats:
+    """What a source has done so far; shared with the pipeline, which reports it."""
+
+    bytes_received: int = 0
+    requests: int = 0
+    origin: str = ""
+    identity: Identity | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Source(Protocol):
+    def chunks(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Window(Protocol):
+    """Bytes held on disk ahead of the decoder, reusable by a later run."""
+
+    def holdings(self) -> list[tuple[int, int]]: ...
+
+    def release_below(self, position: int) -> None: ...
+
+    def sync(self) -> None: ...

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 
 from fetcher.sources.ranged import ParallelDownload
-from fetcher.sources.stream import MirroredStream, StartOver, StreamStats
+from fetcher.sources.stream import MirroredStream
 from fetcher.units import human_bytes
 
 log = logging.getLogger("model-fetch")
@@ -52,20 +52,7 @@ class GrowingDownload:
         self._parallel: ParallelDownload | None = None
         self._lock = threading.Lock()
 
-    @property
-    def stats(self) -> StreamStats:
-        """What both phases have done so far (a fresh copy each time)."""
-        first = self._stream.stats
-        second = self._parallel.stats if self._parallel else StreamStats()
-        return StreamStats(
-            bytes_received=first.bytes_received + second.bytes_received,
-            requests=first.requests + second.requests,
-            origin=second.origin or first.origin,
-            identity=first.identity or second.identity,
-            notes=[*first.notes, *second.notes],
-        )
-
-    def chunks(self) -> Iterator[bytes | StartOver]:
+    def chunks(self) -> Iterator[bytes]:
         position = yield from self._stream_while_it_keeps_up()
         if position is None:
             return
@@ -73,7 +60,7 @@ class GrowingDownload:
             self._parallel = self._parallel_from(position)
         yield from self._parallel.chunks()
 
-    def _stream_while_it_keeps_up(self) -> Generator[bytes | StartOver, None, int | None]:
+    def _stream_while_it_keeps_up(self) -> Generator[bytes, None, int | None]:
         """Stream; None once the whole file came this way, else the byte to go parallel from."""
         stream = self._stream.chunks()
         position = self._start
@@ -86,10 +73,6 @@ class GrowingDownload:
                 waited += (time.monotonic() - asked) - (time.thread_time() - asked_cpu)
                 if item is None:
                     return None
-                if isinstance(item, StartOver):
-                    position = 0
-                    yield item
-                    continue
                 position += len(item)
                 window_bytes += len(item)
                 if first:  # connecting and the first byte's latency say nothing of throughput

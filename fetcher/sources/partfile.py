@@ -7,29 +7,17 @@ so the file's physical size stays near the window however large the archive is.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
 from pathlib import Path
 
 from fetcher.errors import OutOfDisk
+from fetcher.state.libc import punch_hole
 
 log = logging.getLogger("model-fetch")
 
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
 _BLOCK = 4096
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    libc = ctypes.CDLL(name, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    return libc
 
 
 class PartFile:
@@ -48,7 +36,6 @@ class PartFile:
         os.ftruncate(self._fd, length)
         self.path = path
         self.length = length
-        self._libc = _libc()
         self._punch_warned = False
         self.released = 0
 
@@ -75,17 +62,16 @@ class PartFile:
         end = end // _BLOCK * _BLOCK if end < self.length else end
         if end <= start:
             return
-        if self._libc is not None:
-            mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-            if self._libc.fallocate(self._fd, mode, start, end - start) == 0:
-                self.released += end - start
-                return
+        why = punch_hole(self._fd, start, end - start)
+        if why is None:
+            self.released += end - start
+            return
         if not self._punch_warned:
             self._punch_warned = True
             log.warning(
                 "this filesystem cannot punch holes (%s): the download window will not shrink "
                 "and the part file may grow to the archive's size",
-                os.strerror(ctypes.get_errno()) if self._libc else "no libc",
+                why,
             )
 
     def sync(self) -> None:

@@ -23,31 +23,18 @@ from dataclasses import dataclass
 import httpx
 
 from fetcher.errors import Interrupted
-from fetcher.http.exchange import (
-    CONTENT_RANGE,
-    RETRYABLE_STATUS,
-    Identity,
-    OriginRefused,
-    Retryable,
-    RetryPolicy,
-    paced_body,
-    retry_after,
-    strong_etag,
-    transport_errors_retryable,
-)
+from fetcher.http.body import paced_body
+from fetcher.http.exchange import Identity, NotSatisfiable, PreconditionFailed, read_answer
 from fetcher.http.ratelimit import RateLimiter
-from fetcher.http.stores import Target, given_up_line, refusal, unreachable
+from fetcher.http.retry import OriginRefused, Retryable, RetryPolicy, transport_errors_retryable
+from fetcher.http.stores import Target, given_up_line, unreachable
+from fetcher.sources import SourceChanged, SourceStats
 from fetcher.sources.partfile import PartFile
 from fetcher.sources.ranges import RangeSet
-from fetcher.sources.stream import StreamStats
 
 log = logging.getLogger("model-fetch")
 
 READ_SIZE = 1 << 20
-
-
-class SourceChanged(Exception):
-    """An origin now serves another file than the one being assembled."""
 
 
 @dataclass
@@ -82,6 +69,7 @@ class ParallelDownload:
         buffer: int,
         have: RangeSet,
         start: int,
+        stats: SourceStats | None = None,
     ) -> None:
         assert identity.length is not None
         self._origins = [_Origin(target) for target in targets]
@@ -116,7 +104,8 @@ class ParallelDownload:
         self._changed = threading.Condition(self._lock)
         self._error: BaseException | None = None
         self._closing = False
-        self.stats = StreamStats(identity=identity)
+        self.stats = stats or SourceStats()
+        self.stats.identity = identity
 
     # --- consumer side ---------------------------------------------------------------------
 
@@ -130,8 +119,6 @@ class ParallelDownload:
         try:
             position = self._consumed
             while position < self._length:
-                if not self._holds(position):
-                    yield b""  # about to wait: whoever batches must pass on what it holds
                 end = self._wait_for(position)
                 data = self._part.read_at(position, min(end, position + READ_SIZE) - position)
                 position += len(data)
@@ -151,10 +138,6 @@ class ParallelDownload:
     def _wake_everyone(self) -> None:
         self._arrived.notify_all()
         self._changed.notify_all()
-
-    def _holds(self, position: int) -> bool:
-        with self._lock:
-            return self._have.contiguous_end(position) > position
 
     def _wait_for(self, position: int) -> int:
         with self._lock:
@@ -325,128 +308,44 @@ class ParallelDownload:
                 raise Retryable(f"body ended at byte {position} of a range ending at {end}")
 
     def _check(self, origin: _Origin, response: httpx.Response, start: int, end: int) -> None:
-        status = response.status_code
-        if status in RETRYABLE_STATUS:
-            raise Retryable(f"HTTP {status}", retry_after(response))
-        if status == 412:
+        try:
+            served = read_answer(response, origin.target, first=start, last=end - 1)
+        except PreconditionFailed:
             validator = (
                 f"ETag {origin.etag}" if origin.etag else f"Last-Modified {origin.last_modified}"
             )
-            raise SourceChanged(f"{origin.shown} no longer serves the file with {validator}")
-        if status == 200:
+            raise SourceChanged(
+                f"{origin.shown} no longer serves the file with {validator}"
+            ) from None
+        except NotSatisfiable as refused:
+            raise SourceChanged(
+                f"{origin.shown} has no bytes from {start} (it reports {refused.length})"
+            ) from None
+        if served.status == 200:
             raise OriginRefused("it ignores Range requests, which parallel fetching needs")
-        if status != 206:
-            raise refusal(origin.target, response)
-        match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
-        if not match or (int(match.group(1)), int(match.group(2))) != (start, end - 1):
-            raise Retryable(
-                f"Content-Range {response.headers.get('content-range')!r} does not answer "
-                f"bytes={start}-{end - 1}"
-            )
-        if match.group(3) != str(self._length):
-            raise SourceChanged(f"{origin.shown} serves {match.group(3)} bytes, not {self._length}")
-        etag = strong_etag(response)
-        modified = response.headers.get("last-modified")
-        if origin.etag and etag:
-            if etag != origin.etag:
-                raise SourceChanged(f"{origin.shown} changed its ETag from {origin.etag} to {etag}")
-        elif origin.last_modified and modified and modified != origin.last_modified:
+        found = served.identity
+        if found.length != self._length:
+            raise SourceChanged(f"{origin.shown} serves {found.length} bytes, not {self._length}")
+        if origin.etag and found.etag:
+            if found.etag != origin.etag:
+                raise SourceChanged(
+                    f"{origin.shown} changed its ETag from {origin.etag} to {found.etag}"
+                )
+        elif (
+            origin.last_modified
+            and found.last_modified
+            and found.last_modified != origin.last_modified
+        ):
             # Without a strong ETag on both sides the date is all that tells two files apart.
             raise SourceChanged(
                 f"{origin.shown} changed its Last-Modified from {origin.last_modified} "
-                f"to {modified}"
+                f"to {found.last_modified}"
             )
         if origin.etag is None:
-            origin.etag = etag
+            origin.etag = found.etag
         if origin.last_modified is None:
-            origin.last_modified = modified
+            origin.last_modified = found.last_modified
 
     def _check_stop(self) -> None:
         if self._stop.is_set() or self._closing:
             raise Interrupted(0, "a stop request")
-
-
-@dataclass(frozen=True)
-class Probe:
-    identity: Identity
-    ranges: bool
-    origin: int  # index of the origin that answered
-
-
-# Rounds of probing after the first, when no origin answered but some failed transiently.
-PROBE_RETRIES = 3
-
-
-class _NoProbe(Exception):
-    """This origin's answer to the probe settles nothing for parallel fetching; not retried."""
-
-
-def probe(
-    targets: list[Target], client: httpx.Client, policy: RetryPolicy, stop: threading.Event
-) -> Probe | None:
-    """Ask the origins for byte 0: the file's identity and whether Range works.
-
-    Each origin in turn, the first answer wins. When none answered and some failed in a way
-    worth another try (5xx, 408, 429, a connection error or timeout), the round is asked again
-    after the retry policy's backoff (or the Retry-After asked for), up to PROBE_RETRIES times.
-    None when no origin answered: the streaming path then retries and reports each origin.
-    """
-    why: dict[int, str] = {}
-    settled: set[int] = set()  # origins whose answer is final: no use asking them again
-    attempts = 1 + min(PROBE_RETRIES, policy.retries)
-    for attempt in range(1, attempts + 1):
-        retryable: dict[int, Retryable] = {}
-        for index, target in enumerate(targets):
-            if index in settled:
-                continue
-            try:
-                return _probe_one(target, client, index)
-            except Retryable as error:
-                retryable[index] = error
-                why[index] = str(error)
-            except (_NoProbe, OriginRefused) as error:
-                settled.add(index)
-                why[index] = str(error)
-        if not retryable or attempt == attempts:
-            break
-        hints = [e.retry_after for e in retryable.values() if e.retry_after is not None]
-        wait = max(hints) if hints else policy.backoff(attempt)
-        if wait > policy.max_wait:
-            break  # a long pause asked for: the streaming path knows how to wait for it
-        log.info(
-            "no origin answered the range probe (%s); asking again in %.1fs (%d/%d)",
-            "; ".join(f"{targets[i].shown}: {e}" for i, e in retryable.items()),
-            wait, attempt, attempts - 1,
-        )  # fmt: skip
-        if stop.wait(wait):
-            return None
-    if not stop.is_set():
-        log.warning(
-            "no origin answered the range probe (%s): fetching over one connection",
-            "; ".join(f"{targets[i].shown}: {reason}" for i, reason in sorted(why.items())),
-        )
-    return None
-
-
-def _probe_one(target: Target, client: httpx.Client, index: int) -> Probe:
-    with (
-        transport_errors_retryable(),
-        client.stream(
-            "GET", target.url, headers={"Range": "bytes=0-0"}, auth=target.auth
-        ) as response,
-    ):
-        status = response.status_code
-        etag = strong_etag(response)
-        modified = response.headers.get("last-modified")
-        if status in RETRYABLE_STATUS:
-            raise Retryable(f"HTTP {status}", retry_after(response))
-        if status == 206:
-            match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
-            if match and match.group(3) != "*":
-                return Probe(Identity(int(match.group(3)), etag, modified), True, index)
-            raise _NoProbe(f"HTTP 206 without a length ({response.headers.get('content-range')!r})")
-        if status == 200:
-            declared = response.headers.get("content-length", "")
-            length = int(declared) if declared.isdigit() else None
-            return Probe(Identity(length, etag, modified), False, index)
-        raise _NoProbe(f"HTTP {status}")

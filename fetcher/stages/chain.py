@@ -1,4 +1,4 @@
-"""One pass over the stream: decompressor -> tar reader or file -> tree, checkpointable.
+"""The stages in order: decompressor -> tar reader or single file -> safe tree.
 
 The digest is computed upstream, on the network thread, in parallel with decoding: each chunk
 arrives with a copy of the hash state before it, from which the state at any point inside
@@ -7,16 +7,15 @@ the chunk is derived when, and only when, a checkpoint needs it.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from fetcher.formats import Compression, Layout, strip_suffix
 from fetcher.stages.decode import AutoDecoder, Chunk, Emit
 from fetcher.stages.digest import ResumableSha256
 from fetcher.stages.sinks import Sink, make_sink, resumed_sink
 from fetcher.stages.tree import SafeTree
+from fetcher.state.checkpoint import CompletedFile, RestorePoint, StateError
 
 # Called with the stream position at every point where all stages could be restored.
 OnRestorable = Callable[[int], None]
@@ -26,7 +25,7 @@ def _never(position: int) -> None:
     return None
 
 
-class Pass:
+class Stages:
     def __init__(
         self,
         staging: Path,
@@ -35,9 +34,13 @@ class Pass:
         layout: Layout,
         file_name: str,
         max_extracted: int,
-        resume: dict[str, Any] | None = None,
-        already_complete: dict[str, int] | None = None,
+        resume: RestorePoint | None = None,
+        already_complete: dict[int, CompletedFile] | None = None,
     ) -> None:
+        """Fresh stages, or (resume) stages carried on from a checkpoint's restore point.
+
+        Raises StateError when the restore point does not fit this request or the disk.
+        """
         self.staging = staging
         self.tree = SafeTree(staging, max_bytes=max_extracted)
         self.bytes = 0
@@ -46,26 +49,40 @@ class Pass:
         self._sink: Sink | None = None
         self._layout = layout
         self._file_name = file_name
-        self._resumed_sink: dict[str, Any] | None = None
-        if resume:
-            self.bytes = resume["position"]
-            compression = Compression(resume["compression"])
-            self._resumed_sink = resume["sink"]
-            self.tree.restore(resume["tree"], already_complete or {})
-        elif already_complete:
-            self.tree.restore(self.tree.state(), already_complete)
+        self._resume = resume
+        try:
+            if resume:
+                self.bytes = resume.position
+                found = Compression(resume.compression)
+                if compression is not None and found is not compression:
+                    raise StateError(
+                        f"the checkpoint decoded {found.value}, not the {compression.value} asked"
+                    )
+                compression = found
+                self.tree.restore(resume.tree, already_complete or {})
+                self._hash_before = ResumableSha256.from_state(resume.sha256_state)
+            else:
+                self._hash_before = ResumableSha256()  # the digest state at _chunk_start
+                if already_complete:
+                    self.tree.restore(self.tree.state(), already_complete)
+        except ValueError as error:  # StateError, or a digest state that does not check out
+            self.tree.release()
+            raise StateError(str(error)) from None
         self._decoder = AutoDecoder(compression, self._on_detect, self._on_boundary)
         self._chunk: memoryview = memoryview(b"")
         self._chunk_start = self.bytes
-        self._hash_before = ResumableSha256()  # the digest state at _chunk_start
+
+    def hasher(self) -> ResumableSha256:
+        """The digest of every byte before the first one these stages will be fed."""
+        return self._hash_before.copy()
 
     def _on_detect(self, compression: Compression) -> Emit:
         self.compression = compression
         name = strip_suffix(self._file_name, compression)
-        if self._resumed_sink is None:
+        if self._resume is None:
             self._sink = make_sink(self._layout, self.tree, name)
         else:
-            self._sink = resumed_sink(self._resumed_sink, self.tree, name)
+            self._sink = resumed_sink(self._resume.sink, self.tree, name, self._layout)
         return self._sink.write
 
     def feed(self, chunk: Chunk, hash_before: ResumableSha256) -> None:
@@ -89,16 +106,16 @@ class Pass:
         hasher.update(self._chunk[: self.bytes - self._chunk_start])
         return hasher.export_state()
 
-    def state(self) -> dict[str, Any]:
+    def restore_point(self) -> RestorePoint:
         """Every stage's state at self.bytes; valid only inside on_restorable."""
         assert self._sink is not None and self.compression is not None
-        return {
-            "position": self.bytes,
-            "sha256_state": self._hash_state().hex(),
-            "compression": self.compression.value,
-            "sink": self._sink.state(),
-            "tree": self.tree.state(),
-        }
+        return RestorePoint(
+            self.bytes,
+            self._hash_state(),
+            self.compression.value,
+            self._sink.state(),
+            self.tree.state(),
+        )
 
     @property
     def at_boundary(self) -> bool:
@@ -127,7 +144,5 @@ class Pass:
             return "tar" if compression is Compression.NONE else f"tar.{compression.value}"
         return compression.value if compression is not Compression.NONE else "file"
 
-    def abandon(self) -> None:
-        """Drop everything this pass wrote."""
+    def release(self) -> None:
         self.tree.release()
-        shutil.rmtree(self.staging, ignore_errors=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-from typing import Any, Protocol
+from typing import Protocol
 
 from fetcher.formats import SNIFF_TAR_BYTES, Layout, looks_like_tar
 from fetcher.stages.tar import TarReader
 from fetcher.stages.tree import SafeTree
+from fetcher.state.checkpoint import SinkState, StateError
 
 
 class Sink(Protocol):
@@ -19,9 +19,7 @@ class Sink(Protocol):
     @property
     def layout(self) -> Layout: ...
 
-    def state(self) -> dict[str, Any]: ...
-
-    def restore(self, state: dict[str, Any]) -> None: ...
+    def state(self) -> SinkState: ...
 
 
 class TarSink:
@@ -36,11 +34,12 @@ class TarSink:
     def close(self) -> None:
         self._reader.close()
 
-    def state(self) -> dict[str, Any]:
-        return {"layout": self.layout.value, "tar": self._reader.state()}
+    def state(self) -> SinkState:
+        return SinkState(self.layout.value, tar=self._reader.state())
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._reader.restore(state["tar"])
+    def restore(self, state: SinkState) -> None:
+        assert state.tar is not None  # SinkState.from_json guarantees it for the tar layout
+        self._reader.restore(state.tar)
 
 
 class FileSink:
@@ -51,14 +50,11 @@ class FileSink:
     def __init__(self, tree: SafeTree, name: str, *, resumed: bool = False) -> None:
         self._tree = tree
         if not resumed:
-            tree.begin_file(name, 0o644, 0)
+            tree.begin_file(name, 0o644, 0, ordinal=0)
         self._open = True
 
-    def state(self) -> dict[str, Any]:
-        return {"layout": self.layout.value}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        return None  # the tree reopens the file at its offset
+    def state(self) -> SinkState:
+        return SinkState(self.layout.value)
 
     def write(self, data: memoryview) -> None:
         self._tree.check_cap(len(data))
@@ -73,10 +69,10 @@ class FileSink:
 class DetectingSink:
     """Holds the first 512 decoded bytes, then hands everything to a tar or a file sink."""
 
-    def __init__(self, tree: SafeTree, file_name: str) -> None:
+    def __init__(self, tree: SafeTree, file_name: str, *, head: bytes = b"") -> None:
         self._tree = tree
         self._file_name = file_name
-        self._head = bytearray()
+        self._head = bytearray(head)
         self._inner: TarSink | FileSink | None = None
 
     @property
@@ -102,20 +98,10 @@ class DetectingSink:
         )
         self._inner.write(memoryview(head))
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> SinkState:
         if self._inner is None:
-            return {"layout": Layout.DETECT.value, "head": base64.b64encode(self._head).decode()}
+            return SinkState(Layout.DETECT.value, head=bytes(self._head))
         return self._inner.state()
-
-    def restore(self, state: dict[str, Any]) -> None:
-        layout = Layout(state["layout"])
-        if layout is Layout.DETECT:
-            self._head = bytearray(base64.b64decode(state["head"]))
-        elif layout is Layout.TAR:
-            self._inner = TarSink(self._tree)
-            self._inner.restore(state)
-        else:
-            self._inner = FileSink(self._tree, self._file_name, resumed=True)
 
     def close(self) -> None:
         if self._inner is None:
@@ -132,11 +118,17 @@ def make_sink(layout: Layout, tree: SafeTree, file_name: str) -> Sink:
     return DetectingSink(tree, file_name)
 
 
-def resumed_sink(state: dict[str, Any], tree: SafeTree, file_name: str) -> Sink:
+def resumed_sink(state: SinkState, tree: SafeTree, file_name: str, wanted: Layout) -> Sink:
     """The sink a checkpoint describes, carrying on where it stopped."""
-    layout = Layout(state["layout"])
+    layout = Layout(state.layout)
+    if wanted is not Layout.DETECT and layout not in (wanted, Layout.DETECT):
+        raise StateError(f"the checkpoint's layout {layout.value} is not the {wanted.value} asked")
     if layout is Layout.FILE:
+        if tree.state().open_file is None:
+            raise StateError("a single-file checkpoint without the file being written")
         return FileSink(tree, file_name, resumed=True)
-    sink: Sink = TarSink(tree) if layout is Layout.TAR else DetectingSink(tree, file_name)
-    sink.restore(state)
-    return sink
+    if layout is Layout.TAR:
+        sink = TarSink(tree)
+        sink.restore(state)
+        return sink
+    return DetectingSink(tree, file_name, head=state.head)

@@ -9,15 +9,16 @@ hard links are extracted; everything else is refused.
 
 from __future__ import annotations
 
-import base64
+import math
 import tarfile
-from typing import Any
 
 from fetcher.errors import CorruptArchive, UnsafeArchive
 from fetcher.stages.tree import SafeTree
+from fetcher.state.checkpoint import TarState
 
 BLOCK = 512
 _MAX_EXTENDED_HEADER = 1 << 20
+_MAX_MEMBER_SIZE = 1 << 62  # beyond any disk; a larger (or negative) size is a damaged header
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 
@@ -79,34 +80,34 @@ class TarReader:
                 "the download was cut short or the archive is damaged",
             )
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "header": base64.b64encode(bytes(self._header)).decode(),
-            "remaining": self._remaining,
-            "padding": self._padding,
-            "collecting": self._collecting.decode("latin-1") if self._collecting else None,
-            "extended": base64.b64encode(bytes(self._extended)).decode(),
-            "overrides": self._overrides,
-            "globals": self._globals,
-            "in_file": self._in_file,
-            "mtime": self._mtime,
-            "ended": self.ended,
-            "members": self.members,
-        }
+    def state(self) -> TarState:
+        return TarState(
+            bytes(self._header),
+            self._remaining,
+            self._padding,
+            self._collecting.decode("latin-1") if self._collecting else None,
+            bytes(self._extended),
+            dict(self._overrides),
+            dict(self._globals),
+            self._in_file,
+            self._mtime,
+            self.ended,
+            self.members,
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._header = bytearray(base64.b64decode(state["header"]))
-        self._remaining = state["remaining"]
-        self._padding = state["padding"]
-        collecting = state["collecting"]
+    def restore(self, state: TarState) -> None:
+        self._header = bytearray(state.header)
+        self._remaining = state.remaining
+        self._padding = state.padding
+        collecting = state.collecting
         self._collecting = collecting.encode("latin-1") if collecting is not None else None
-        self._extended = bytearray(base64.b64decode(state["extended"]))
-        self._overrides = dict(state["overrides"])
-        self._globals = dict(state["globals"])
-        self._in_file = state["in_file"]
-        self._mtime = state["mtime"]
-        self.ended = state["ended"]
-        self.members = state["members"]
+        self._extended = bytearray(state.extended)
+        self._overrides = dict(state.overrides)
+        self._globals = dict(state.pax_globals)
+        self._in_file = state.in_file
+        self._mtime = state.mtime
+        self.ended = state.ended
+        self.members = state.members
 
     # --- headers ---------------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class TarReader:
                 "the archive is damaged, or --format names the wrong type",
             ) from None
         kind = info.type
+        _check_size(info.size, info.name)
         if kind in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.XGLTYPE,
                     tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):  # fmt: skip
             if info.size > _MAX_EXTENDED_HEADER:
@@ -137,14 +139,20 @@ class TarReader:
         self._overrides = {}
         name = fields.get("path", info.name)
         linkname = fields.get("linkpath", info.linkname)
-        size = int(fields["size"]) if "size" in fields else info.size
-        mtime = float(fields["mtime"]) if "mtime" in fields else float(info.mtime)
+        size = _pax_int(fields, "size", name) if "size" in fields else info.size
+        _check_size(size, name)
+        mtime = _pax_number(fields, "mtime", name) if "mtime" in fields else info.mtime
+        if not math.isfinite(mtime) or abs(mtime) > 1e15:
+            raise CorruptArchive(
+                f"tar member {name!r} has a modification time of {mtime!r}",
+                "the archive is damaged or was not made by a tar program",
+            )
         if any(key.startswith("GNU.sparse") for key in fields):
             raise UnsafeArchive(name, "GNU sparse files are not supported")
         self.members += 1
         kind = info.type
         if kind in _FILE_TYPES:
-            self._tree.begin_file(name, info.mode, size)
+            self._tree.begin_file(name, info.mode, size, self.members)
             self._in_file = True
             self._mtime = mtime
             self._start_content(size)
@@ -192,6 +200,29 @@ class TarReader:
         else:
             records = _pax_records(payload)
             (self._globals if kind == tarfile.XGLTYPE else self._overrides).update(records)
+
+
+def _check_size(size: int, name: str) -> None:
+    if not 0 <= size <= _MAX_MEMBER_SIZE:
+        raise CorruptArchive(
+            f"tar member {name!r} declares a size of {size} bytes",
+            "the archive is damaged or was not made by a tar program",
+        )
+
+
+def _pax_int(fields: dict[str, str], key: str, name: str) -> int:
+    return int(_pax_number(fields, key, name, integral=True))
+
+
+def _pax_number(fields: dict[str, str], key: str, name: str, *, integral: bool = False) -> float:
+    text = fields[key]
+    try:
+        return int(text) if integral else float(text)
+    except ValueError:
+        raise CorruptArchive(
+            f"tar member {name!r} has a pax {key} of {text!r}, which is not a number",
+            "the archive is damaged or was not made by a tar program",
+        ) from None
 
 
 def _c_string(payload: bytes) -> str:

@@ -7,20 +7,24 @@ targets are checked before the link exists, so nothing the archive creates point
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from fetcher.errors import FetchError, OutOfDisk, UnsafeArchive
+from fetcher.state.checkpoint import CompletedFile, DirMode, OpenFile, StateError, TreeState
+from fetcher.state.libc import sync_filesystem
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PERMISSION_BITS = 0o777  # setuid, setgid and sticky bits are never restored
 _IMPLICIT_DIR_MODE = 0o755
+# The fetcher's own files in DIR (state folder, marker and its temporary, lock): no archive
+# member may reach them, or a symlink named like one could redirect the fetcher's own writes.
+RESERVED_NAMES = frozenset(
+    {".model-fetch", ".model-fetch.json", "..model-fetch.json.tmp", ".model-fetch.lock"}
+)
 
 
 def member_parts(name: str, *, allow_root: bool = False) -> tuple[str, ...]:
@@ -34,6 +38,8 @@ def member_parts(name: str, *, allow_root: bool = False) -> tuple[str, ...]:
         raise UnsafeArchive(name, "'..' components are not allowed")
     if not parts and not allow_root:
         raise UnsafeArchive(name, "the name is empty")
+    if parts and parts[0] in RESERVED_NAMES:
+        raise UnsafeArchive(name, "the name is one model-fetch keeps for its own files")
     return parts
 
 
@@ -76,9 +82,10 @@ class SafeTree:
         self._file_parts: tuple[str, ...] = ()
         self._file_offset = 0
         # Files a resumed run finds complete on disk: their content is read past, not rewritten.
-        self._already_complete: dict[str, int] = {}
+        self._already_complete: dict[int, CompletedFile] = {}
         self._skipping = False
-        self.completed: list[tuple[str, int]] = []  # files finished since the last checkpoint
+        self._file_ordinal = 0
+        self.completed: dict[int, CompletedFile] = {}  # finished since the last restore point
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -140,7 +147,8 @@ class SafeTree:
                 "(--max-extracted-size)",
             )
 
-    def begin_file(self, member: str, mode: int, size: int) -> None:
+    def begin_file(self, member: str, mode: int, size: int, ordinal: int) -> None:
+        """Start the regular file that is member number ordinal of the stream."""
         parts = member_parts(member)
         self.check_cap(size, member)
         parent_fd = self._open_parent(member, parts)
@@ -148,9 +156,13 @@ class SafeTree:
         self._file_mode = mode & _PERMISSION_BITS
         self._file_parts = parts
         self._file_offset = 0
-        key = "/".join(parts)
-        if self._already_complete.get(key, -1) == size and _is_regular_of_size(
-            parent_fd, parts[-1], size
+        self._file_ordinal = ordinal
+        done = self._already_complete.get(ordinal)
+        if (
+            done is not None
+            and done.path == "/".join(parts)
+            and done.size == size
+            and _is_regular_of_size(parent_fd, parts[-1], size)
         ):
             self._skipping = True
             return
@@ -177,7 +189,10 @@ class SafeTree:
 
     def end_file(self, mtime: float | None) -> None:
         self.files_written += 1
-        self.completed.append(("/".join(self._file_parts), self._file_offset))
+        ordinal = self._file_ordinal
+        self.completed[ordinal] = CompletedFile(
+            ordinal, "/".join(self._file_parts), self._file_offset
+        )
         if self._skipping:
             self._skipping = False
             return
@@ -243,45 +258,49 @@ class SafeTree:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> TreeState:
         """What a later run needs to carry on from here, files already flushed to disk."""
         open_file = None
         if self._file_fd is not None or self._skipping:
-            open_file = {
-                "parts": list(self._file_parts),
-                "mode": self._file_mode,
-                "offset": self._file_offset,
-                "skipping": self._skipping,
-            }
-        return {
-            "bytes_written": self.bytes_written,
-            "files_written": self.files_written,
-            "dir_modes": [
-                [list(parts), mode, mtime] for parts, (mode, mtime) in self._dir_modes.items()
-            ],
-            "open_file": open_file,
-        }
+            open_file = OpenFile(self._file_parts, self._file_mode, self._file_offset,
+                                 self._skipping)  # fmt: skip
+        return TreeState(
+            self.bytes_written,
+            self.files_written,
+            tuple(DirMode(parts, mode, mtime) for parts, (mode, mtime) in self._dir_modes.items()),
+            open_file,
+        )
 
-    def restore(self, state: dict[str, Any], already_complete: dict[str, int]) -> None:
-        self.bytes_written = state["bytes_written"]
-        self.files_written = state["files_written"]
-        self._dir_modes = {tuple(parts): (mode, mtime) for parts, mode, mtime in state["dir_modes"]}
+    def restore(self, state: TreeState, already_complete: dict[int, CompletedFile]) -> None:
+        """Carry on from state; StateError when the disk does not hold what it describes."""
+        self.bytes_written = state.bytes_written
+        self.files_written = state.files_written
+        self._dir_modes = {d.parts: (d.mode, d.mtime) for d in state.dir_modes}
         self._already_complete = already_complete
-        open_file = state["open_file"]
+        open_file = state.open_file
         if open_file is None:
             return
-        parts = tuple(open_file["parts"])
+        parts = open_file.parts
         member = "/".join(parts)
         self._file_parts, self._file_member = parts, member
-        self._file_mode, self._file_offset = open_file["mode"], open_file["offset"]
-        self._skipping = open_file["skipping"]
+        self._file_mode, self._file_offset = open_file.mode, open_file.offset
+        self._skipping = open_file.skipping
         if self._skipping:
             return
-        parent_fd = self._open_parent(member, member_parts(member))
         try:
+            parent_fd = self._open_parent(member, member_parts(member))
             fd = os.open(parts[-1], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-        except OSError as error:
-            raise FetchError(f"cannot reopen {member!r} to resume: {error.strerror}") from None
+        except (OSError, UnsafeArchive) as error:
+            raise StateError(
+                f"the file {member!r} it was writing cannot be reopened ({error})"
+            ) from None
+        size = os.fstat(fd).st_size
+        if size < self._file_offset:
+            os.close(fd)
+            raise StateError(
+                f"{member!r} holds {size} bytes on disk, fewer than the {self._file_offset} "
+                "the checkpoint vouches for"
+            )
         os.ftruncate(fd, self._file_offset)  # bytes past the checkpoint are written again
         os.lseek(fd, self._file_offset, os.SEEK_SET)
         self._file_fd = fd
@@ -328,14 +347,6 @@ def _is_regular_of_size(dir_fd: int, name: str, size: int | None) -> bool:
     except FileNotFoundError:
         return False
     return stat.S_ISREG(info.st_mode) and (size is None or info.st_size == size)
-
-
-def sync_filesystem(fd: int) -> None:
-    """syncfs(2) on the filesystem holding fd; os.sync() where libc lacks it."""
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
-    if libc is None or libc.syncfs(fd) != 0:
-        os.sync()
 
 
 def _translate(error: OSError, member: str) -> FetchError:

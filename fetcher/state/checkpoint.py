@@ -1,173 +1,472 @@
 """The checkpoint: enough to carry on after kill -9 exactly where the last one was taken.
 
-It is one JSON document written atomically (temp file, fsync, rename) after every file it
-mentions has been flushed to disk. A checkpoint of an unknown version, or one that does not
-parse, is reported and ignored: the fetch starts over rather than guessing.
+One JSON document, written atomically after every file it mentions has been flushed. Each
+stage's state is its own typed record with its own version, so a change to one stage's state
+refuses only checkpoints of that stage, by name, instead of surfacing as a KeyError at resume.
+The document carries a SHA-256 of its body: a damaged or hand-edited checkpoint is set aside
+with one line and the fetch starts over. Nothing in it is trusted without being checked, here
+for shape and range, and by the stages for agreement with what is on disk.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
-import logging
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fetcher.state.marker import write_atomically
-
-log = logging.getLogger("model-fetch")
+from fetcher.state.files import write_atomically
 
 CHECKPOINT_NAME = "checkpoint.json"
-VERSION = 1
+VERSION = 2
+
+T = TypeVar("T")
+Json = dict[str, Any]
+
+
+class StateError(ValueError):
+    """A checkpoint that cannot be used; the message says which field and why."""
+
+
+# --- typed readers: every field is checked before it is used ---------------------------------
+
+
+def _get(data: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise StateError(f"{where} is not an object")
+    if key not in data:
+        raise StateError(f"{where}.{key} is missing")
+    return data[key]
+
+
+def _int(data: Mapping[str, Any], key: str, where: str, *, low: int = 0) -> int:
+    value = _get(data, key, where)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or value >= 1 << 63:
+        raise StateError(f"{where}.{key} is not a whole number >= {low}: {value!r}")
+    return value
+
+
+def _bool(data: Mapping[str, Any], key: str, where: str) -> bool:
+    value = _get(data, key, where)
+    if not isinstance(value, bool):
+        raise StateError(f"{where}.{key} is not true or false: {value!r}")
+    return value
+
+
+def _str(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = _get(data, key, where)
+    if not isinstance(value, str):
+        raise StateError(f"{where}.{key} is not a string: {value!r}")
+    return value
+
+
+def _optional(
+    data: Mapping[str, Any], key: str, where: str, read: Callable[[Any, str], T]
+) -> T | None:
+    value = _get(data, key, where)
+    return None if value is None else read(value, f"{where}.{key}")
+
+
+def _opt_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    return _optional(data, key, where, _as_str)
+
+
+def _as_str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise StateError(f"{where} is not a string: {value!r}")
+    return value
+
+
+def _as_time(value: Any, where: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise StateError(f"{where} is not a finite number: {value!r}")
+    return float(value)
+
+
+def _bytes(data: Mapping[str, Any], key: str, where: str, *, limit: int = 1 << 20) -> bytes:
+    text = _str(data, key, where)
+    try:
+        value = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise StateError(f"{where}.{key} is not base64") from None
+    if len(value) > limit:
+        raise StateError(f"{where}.{key} holds {len(value)} bytes, more than {limit}")
+    return value
+
+
+def _list(data: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = _get(data, key, where)
+    if not isinstance(value, list):
+        raise StateError(f"{where}.{key} is not a list")
+    return value
+
+
+def _text_map(data: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
+    value = _get(data, key, where)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise StateError(f"{where}.{key} is not a map of strings")
+    return dict(value)
+
+
+def _version(data: Mapping[str, Any], where: str, expected: int) -> None:
+    found = _get(data, "v", where)
+    if found != expected:
+        raise StateError(f"{where} has version {found!r}; this fetcher reads version {expected}")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- the stages' states --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """The regular file being written at the restore point, and how far."""
+
+    parts: tuple[str, ...]
+    mode: int
+    offset: int
+    skipping: bool  # read past: it was already complete on disk
+
+    def to_json(self) -> Json:
+        return {"parts": list(self.parts), "mode": self.mode, "offset": self.offset,
+                "skipping": self.skipping}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> OpenFile:
+        parts = _list(data, "parts", where)
+        if not parts or not all(isinstance(p, str) and p not in ("", ".", "..") for p in parts):
+            raise StateError(f"{where}.parts is not a relative path")
+        return cls(tuple(parts), _int(data, "mode", where), _int(data, "offset", where),
+                   _bool(data, "skipping", where))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DirMode:
+    parts: tuple[str, ...]
+    mode: int
+    mtime: float | None
+
+
+@dataclass(frozen=True)
+class TreeState:
+    VERSION = 1
+    bytes_written: int
+    files_written: int
+    dir_modes: tuple[DirMode, ...] = ()
+    open_file: OpenFile | None = None
+
+    def to_json(self) -> Json:
+        return {
+            "v": self.VERSION,
+            "bytes_written": self.bytes_written,
+            "files_written": self.files_written,
+            "dir_modes": [[list(d.parts), d.mode, d.mtime] for d in self.dir_modes],
+            "open_file": self.open_file.to_json() if self.open_file else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "tree") -> TreeState:
+        _version(data, where, cls.VERSION)
+        modes = []
+        for index, entry in enumerate(_list(data, "dir_modes", where)):
+            at = f"{where}.dir_modes[{index}]"
+            if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], list):
+                raise StateError(f"{at} is not [parts, mode, mtime]")
+            parts, mode, mtime = entry
+            if not all(isinstance(p, str) and p not in ("", ".", "..") for p in parts):
+                raise StateError(f"{at} is not a relative path")
+            if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+                raise StateError(f"{at} has a bad mode {mode!r}")
+            modes.append(
+                DirMode(tuple(parts), mode, None if mtime is None else _as_time(mtime, at))
+            )
+        return cls(
+            _int(data, "bytes_written", where),
+            _int(data, "files_written", where),
+            tuple(modes),
+            _optional(data, "open_file", where, OpenFile.from_json),
+        )
+
+
+@dataclass(frozen=True)
+class TarState:
+    VERSION = 1
+    header: bytes  # the part of a 512-byte header block read so far
+    remaining: int  # content bytes left in the current member
+    padding: int
+    collecting: str | None  # type flag of an extended header being read
+    extended: bytes
+    overrides: dict[str, str]
+    pax_globals: dict[str, str]
+    in_file: bool
+    mtime: float | None
+    ended: bool
+    members: int
+
+    def to_json(self) -> Json:
+        return {
+            "v": self.VERSION,
+            "header": _b64(self.header),
+            "remaining": self.remaining,
+            "padding": self.padding,
+            "collecting": self.collecting,
+            "extended": _b64(self.extended),
+            "overrides": self.overrides,
+            "globals": self.pax_globals,
+            "in_file": self.in_file,
+            "mtime": self.mtime,
+            "ended": self.ended,
+            "members": self.members,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "tar") -> TarState:
+        _version(data, where, cls.VERSION)
+        header = _bytes(data, "header", where, limit=511)
+        padding = _int(data, "padding", where)
+        if padding >= 512:
+            raise StateError(f"{where}.padding is {padding}, not less than a block")
+        collecting = _opt_str(data, "collecting", where)
+        if collecting is not None and len(collecting) != 1:
+            raise StateError(f"{where}.collecting is not a tar type flag")
+        return cls(
+            header,
+            _int(data, "remaining", where),
+            padding,
+            collecting,
+            _bytes(data, "extended", where),
+            _text_map(data, "overrides", where),
+            _text_map(data, "globals", where),
+            _bool(data, "in_file", where),
+            _optional(data, "mtime", where, _as_time),
+            _bool(data, "ended", where),
+            _int(data, "members", where),
+        )
+
+
+LAYOUTS = ("tar", "file", "detect")
+
+
+@dataclass(frozen=True)
+class SinkState:
+    VERSION = 1
+    layout: str
+    head: bytes = b""  # decoded bytes held while the layout is still being detected
+    tar: TarState | None = None
+
+    def to_json(self) -> Json:
+        return {"v": self.VERSION, "layout": self.layout, "head": _b64(self.head),
+                "tar": self.tar.to_json() if self.tar else None}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "sink") -> SinkState:
+        _version(data, where, cls.VERSION)
+        layout = _str(data, "layout", where)
+        if layout not in LAYOUTS:
+            raise StateError(f"{where}.layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+        tar = _optional(data, "tar", where, TarState.from_json)
+        if (layout == "tar") != (tar is not None):
+            raise StateError(f"{where}: a tar state goes with the tar layout, and only with it")
+        return cls(layout, _bytes(data, "head", where, limit=511), tar)
+
+
+COMPRESSIONS = ("none", "zst", "gz", "xz", "bz2")
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """Every stage's state at one stream position: a run can carry on from here."""
+
+    VERSION = 1
+    position: int
+    sha256_state: bytes
+    compression: str
+    sink: SinkState
+    tree: TreeState
+
+    def to_json(self) -> Json:
+        return {
+            "v": self.VERSION,
+            "position": self.position,
+            "sha256_state": self.sha256_state.hex(),
+            "compression": self.compression,
+            "sink": self.sink.to_json(),
+            "tree": self.tree.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "restore") -> RestorePoint:
+        _version(data, where, cls.VERSION)
+        compression = _str(data, "compression", where)
+        if compression not in COMPRESSIONS:
+            raise StateError(f"{where}.compression {compression!r} is unknown")
+        try:
+            digest_state = bytes.fromhex(_str(data, "sha256_state", where))
+        except ValueError:
+            raise StateError(f"{where}.sha256_state is not hexadecimal") from None
+        return cls(
+            _int(data, "position", where),
+            digest_state,
+            compression,
+            SinkState.from_json(_get(data, "sink", where), f"{where}.sink"),
+            TreeState.from_json(_get(data, "tree", where), f"{where}.tree"),
+        )
+
+
+@dataclass(frozen=True)
+class CompletedFile:
+    """A file finished and flushed after the restore point: a rerun reads past it.
+
+    Keyed by its ordinal in the stream, never by name alone: an archive may hold one path
+    twice, and only the same member of the stream is the same file.
+    """
+
+    ordinal: int
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class RequestIdentity:
+    """What a checkpoint was taken for: another command line never resumes it."""
+
+    source: str  # fingerprint of the source URL
+    sha256: str | None
+    format: str
+
+    def to_json(self) -> Json:
+        return {"source": self.source, "sha256": self.sha256, "format": self.format}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "request") -> RequestIdentity:
+        return cls(_str(data, "source", where), _opt_str(data, "sha256", where),
+                   _str(data, "format", where))  # fmt: skip
 
 
 @dataclass
 class Checkpoint:
-    # What was asked for: a different command line never resumes this state.
-    request: dict[str, Any]
-    # What the origin served: a changed file never resumes this state.
+    request: RequestIdentity
+    # What the origin served: another file never resumes this state.
     length: int | None = None
     etag: str | None = None
     last_modified: str | None = None
-    # Full state of every stage at one stream position, or None for "from byte 0".
-    restore: dict[str, Any] | None = None
-    # Files finished and flushed after that position (single-frame streams resume from 0
-    # and read past these instead of writing them again).
-    completed: list[tuple[str, int]] = field(default_factory=list)
-    # Byte ranges of the archive held in the part file, for parallel downloads.
-    chunks: list[tuple[int, int]] = field(default_factory=list)
+    restore: RestorePoint | None = None  # None: the stream restarts at byte 0
+    completed: dict[int, CompletedFile] = field(default_factory=dict)
+    # Byte ranges of the archive held in the part file (parallel downloads).
+    window: list[tuple[int, int]] = field(default_factory=list)
     fetched_bytes: int = 0
-    version: int = VERSION
 
     @property
     def position(self) -> int:
-        return self.restore["position"] if self.restore else 0
+        return self.restore.position if self.restore else 0
+
+    def to_json(self) -> Json:
+        return {
+            "request": self.request.to_json(),
+            "length": self.length,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "restore": self.restore.to_json() if self.restore else None,
+            "completed": [[c.ordinal, c.path, c.size] for c in self.completed.values()],
+            "window": [list(pair) for pair in self.window],
+            "fetched_bytes": self.fetched_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, body: Any) -> Checkpoint:
+        where = "checkpoint"
+        completed: dict[int, CompletedFile] = {}
+        for index, entry in enumerate(_list(body, "completed", where)):
+            at = f"{where}.completed[{index}]"
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], str)
+                    and all(_whole(v) for v in (entry[0], entry[2]))):  # fmt: skip
+                raise StateError(f"{at} is not [ordinal, path, size]")
+            completed[entry[0]] = CompletedFile(entry[0], entry[1], entry[2])
+        window: list[tuple[int, int]] = []
+        for index, entry in enumerate(_list(body, "window", where)):
+            if not (isinstance(entry, list) and len(entry) == 2 and all(map(_whole, entry))
+                    and entry[0] < entry[1]):  # fmt: skip
+                raise StateError(f"{where}.window[{index}] is not [start, end) with start < end")
+            window.append((entry[0], entry[1]))
+        length = _optional(body, "length", where, _as_whole)
+        if length is not None and any(end > length for _, end in window):
+            raise StateError(f"{where}.window reaches past the file's {length} bytes")
+        restore = _optional(body, "restore", where, RestorePoint.from_json)
+        if restore is not None and length is not None and restore.position > length:
+            raise StateError(f"{where}.restore.position is past the file's {length} bytes")
+        return cls(
+            RequestIdentity.from_json(_get(body, "request", where)),
+            length,
+            _opt_str(body, "etag", where),
+            _opt_str(body, "last_modified", where),
+            restore,
+            completed,
+            window,
+            _int(body, "fetched_bytes", where),
+        )
+
+    def encode(self) -> bytes:
+        body = json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        return f'{{"version":{VERSION},"sha256":"{digest}","body":{body}}}'.encode()
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
+
+
+def _as_whole(value: Any, where: str) -> int:
+    if not _whole(value):
+        raise StateError(f"{where} is not a whole number: {value!r}")
+    return int(value)
+
+
+def decode(blob: bytes) -> Checkpoint:
+    """The checkpoint in blob; StateError naming what is wrong with it."""
+    try:
+        document = json.loads(blob)
+    except ValueError as error:
+        raise StateError(f"it is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise StateError("it is not a JSON object")
+    if document.get("version") != VERSION:
+        raise StateError(f"it has version {document.get('version')!r}, not {VERSION}")
+    body = document.get("body")
+    expected = document.get("sha256")
+    actual = hashlib.sha256(
+        json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    ).hexdigest()
+    if not isinstance(expected, str) or expected != actual:
+        raise StateError("its checksum does not match its content (damaged or edited)")
+    return Checkpoint.from_json(body)
 
 
 def load_checkpoint(path: Path) -> tuple[Checkpoint | None, str]:
-    """The checkpoint at path, or None and why it cannot be used."""
+    """The checkpoint at path, or None and why there is none to use."""
     try:
-        data = json.loads(path.read_text())
+        blob = path.read_bytes()
     except FileNotFoundError:
         return None, "no checkpoint"
-    except (OSError, ValueError) as error:
-        return None, f"the checkpoint is unreadable ({error})"
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        return None, f"the checkpoint has an unknown version {data.get('version')!r}"
+    except OSError as error:
+        return None, f"the checkpoint is unreadable ({error.strerror})"
     try:
-        checkpoint = Checkpoint(**data)
-    except TypeError as error:
-        return None, f"the checkpoint is malformed ({error})"
-    checkpoint.completed = [(str(name), int(size)) for name, size in checkpoint.completed]
-    checkpoint.chunks = [(int(start), int(end)) for start, end in checkpoint.chunks]
-    return checkpoint, ""
+        return decode(blob), ""
+    except StateError as error:
+        if str(error).startswith("it is not JSON"):
+            return None, f"the checkpoint is unreadable ({error})"
+        return None, f"the checkpoint cannot be used: {error}"
+    except RecursionError:
+        return None, "the checkpoint cannot be used: it is nested too deeply"
 
 
-class Checkpointer:
-    """Decides when to take a checkpoint and takes it: flush the tree, then write atomically.
-
-    The flush (a syncfs of the volume) and the write run on a thread of their own, so the
-    decoder keeps going while the disk catches up; that also spreads the writeback of the
-    extracted files over the run instead of paying for all of it at the end. At most one
-    checkpoint is in flight: a checkpoint asked for while one is still being written is
-    declined, and the caller asks again at its next chance. Work that depends on a checkpoint
-    being durable (releasing the window behind it) runs once it is.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        checkpoint: Checkpoint,
-        *,
-        interval: float,
-        every_bytes: int,
-        flush: Callable[[], None],
-    ) -> None:
-        self.path = path
-        self.checkpoint = checkpoint
-        self._interval = interval
-        self._every_bytes = every_bytes
-        self._flush = flush
-        self._due = time.monotonic() + interval
-        self._last_position = checkpoint.position
-        self.saved = 0
-        self._idle = threading.Event()
-        self._idle.set()
-        self._error: BaseException | None = None
-
-    def due(self, position: int) -> bool:
-        """Every few seconds, or sooner when the window behind the last one fills up."""
-        return time.monotonic() >= self._due or position - self._last_position >= self._every_bytes
-
-    def save_full(
-        self,
-        state: dict[str, Any],
-        fetched: int,
-        chunks: list[tuple[int, int]],
-        then: Callable[[], None],
-    ) -> bool:
-        """All stages restorable at state['position']: forget the completed-files list."""
-        if not self._ready():
-            return False
-        self.checkpoint.restore = state
-        self.checkpoint.completed = []
-        self._submit(fetched, chunks, state["position"], then)
-        return True
-
-    def save_progress(
-        self,
-        completed: list[tuple[str, int]],
-        fetched: int,
-        chunks: list[tuple[int, int]],
-        position: int,
-        then: Callable[[], None],
-    ) -> bool:
-        """Not at a restorable point: keep the last full state, record newly finished files."""
-        if not self._ready():
-            return False
-        self.checkpoint.completed.extend(completed)
-        self._submit(fetched, chunks, position, then)
-        return True
-
-    def wait(self, *, reraise: bool = True) -> None:
-        """Until the checkpoint in flight is on disk; re-raise what writing it raised."""
-        self._idle.wait()
-        if self._error is not None and reraise:
-            error, self._error = self._error, None
-            raise error
-
-    def _ready(self) -> bool:
-        if self._error is not None:
-            self.wait()
-        return self._idle.is_set()
-
-    def _submit(
-        self,
-        fetched: int,
-        chunks: list[tuple[int, int]],
-        position: int,
-        then: Callable[[], None],
-    ) -> None:
-        self._last_position = position
-        self._due = time.monotonic() + self._interval
-        self.checkpoint.fetched_bytes = fetched
-        self.checkpoint.chunks = chunks
-        blob = json.dumps(asdict(self.checkpoint), separators=(",", ":")).encode()
-        self._idle.clear()
-        threading.Thread(
-            target=self._write, args=(blob, then), name="model-fetch-checkpoint", daemon=True
-        ).start()
-
-    def _write(self, blob: bytes, then: Callable[[], None]) -> None:
-        try:
-            self._flush()  # the files the checkpoint vouches for reach the disk first
-            write_atomically(self.path, blob)
-            self.saved += 1
-            then()
-        except BaseException as error:  # re-raised on the decoder's thread
-            self._error = error
-        finally:
-            self._idle.set()
+def save_checkpoint(path: Path, blob: bytes) -> None:
+    write_atomically(path, blob)

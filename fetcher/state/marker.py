@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from fetcher.state.files import fsync_directory, write_atomically
 
 MARKER_NAME = ".model-fetch.json"
 _VERSION = 1
@@ -49,25 +50,6 @@ def read_marker(directory: Path) -> Marker | None:
         return None
     except (ValueError, TypeError):
         return None  # unreadable: treated as absent, so the model is fetched again
-
-
-def write_atomically(path: Path, content: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: the file is whole or absent."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_marker(directory: Path, marker: Marker) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.fetch import AUTO_CONNECTIONS
+from fetcher.request import AUTO_CONNECTIONS
 from tests.fetcher.conftest import run_fetch, sha256
 from tests.support.archives import make_tree, py_archive, tree_snapshot, write_tree
 from tests.support.origin import Faults, Origin
@@ -122,7 +122,9 @@ def test_a_kill_after_the_hand_over_resumes_from_the_window(tmp_path: Path) -> N
         checkpoint = out / ".model-fetch" / "checkpoint.json"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # a checkpoint that records ranges of the window
-            if checkpoint.exists() and json.loads(checkpoint.read_text() or "{}").get("chunks"):
+            if checkpoint.exists() and json.loads(checkpoint.read_text() or "{}").get(
+                "body", {}
+            ).get("window"):
                 break
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
@@ -130,7 +132,7 @@ def test_a_kill_after_the_hand_over_resumes_from_the_window(tmp_path: Path) -> N
         reader.join(5)
         assert process.stderr is not None
         process.stderr.close()
-        held = json.loads(checkpoint.read_text())["chunks"]
+        held = json.loads(checkpoint.read_text())["body"]["window"]
         assert held, "the checkpoint holds no ranges"
 
         origin.set_faults("/m", None)

@@ -18,7 +18,7 @@ import pytest
 
 from fetcher.errors import UnsafeArchive
 from fetcher.formats import Layout
-from fetcher.stages.chain import Pass
+from fetcher.stages.chain import Stages
 from fetcher.stages.digest import ResumableSha256
 
 Member = tuple[tarfile.TarInfo, bytes]
@@ -56,8 +56,8 @@ def build_tar(*members: Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
     return buffer.getvalue()
 
 
-def extract(data: bytes, root: Path, *, step: int = 4096, cap: int = 10**9) -> Pass:
-    run = Pass(root, compression=None, layout=Layout.DETECT, file_name="x", max_extracted=cap)
+def extract(data: bytes, root: Path, *, step: int = 4096, cap: int = 10**9) -> Stages:
+    run = Stages(root, compression=None, layout=Layout.DETECT, file_name="x", max_extracted=cap)
     hasher = ResumableSha256()
     for start in range(0, len(data), step):
         piece = data[start : start + step]

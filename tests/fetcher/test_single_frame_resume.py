@@ -43,7 +43,8 @@ def _checkpoint(out: Path) -> dict[str, object] | None:
         )
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return loaded
+    body: dict[str, object] = loaded["body"]  # type: ignore[assignment]
+    return body
 
 
 def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_lost(
@@ -69,11 +70,11 @@ def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_
     checkpoint = _checkpoint(out)  # the last one on disk
     assert checkpoint is not None
     assert checkpoint["restore"] is None, "a single frame offers no restorable point"
-    completed = [name for name, _ in checkpoint["completed"]]  # type: ignore[attr-defined]
+    completed = [name for _, name, _ in checkpoint["completed"]]  # type: ignore[attr-defined]
     assert len(completed) >= 3
     staged = out / ".model-fetch" / "tree"
     before = {name: os.stat(staged / name) for name in completed}
-    held = sum(end - start for start, end in checkpoint["chunks"])  # type: ignore[attr-defined]
+    held = sum(end - start for start, end in checkpoint["window"])  # type: ignore[attr-defined]
     assert held > 0
 
     origin.clear_log()

@@ -1,0 +1,37 @@
+"""Reading a response body within the bandwidth cap, and noticing when it stalls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+
+from fetcher.http.ratelimit import RateLimiter
+from fetcher.http.retry import Retryable, RetryPolicy, transport_errors_retryable
+
+
+def paced_body(
+    response: httpx.Response,
+    limiter: RateLimiter,
+    policy: RetryPolicy,
+    check_stop: Callable[[], None],
+) -> Iterator[bytes]:
+    """The body as received, within the bandwidth cap; a stall raises Retryable."""
+    window_start = time.monotonic()
+    window_bytes = 0
+    throttled = 0.0
+    with transport_errors_retryable():
+        for chunk in response.iter_raw():
+            throttled += limiter.take(len(chunk))
+            yield chunk
+            check_stop()
+            window_bytes += len(chunk)
+            elapsed = time.monotonic() - window_start - throttled
+            if elapsed >= policy.low_speed_time:
+                if window_bytes / elapsed < policy.low_speed_limit:
+                    raise Retryable(
+                        f"stalled: {window_bytes} bytes in {elapsed:.0f}s, "
+                        f"below {policy.low_speed_limit} bytes/s"
+                    )
+                window_start, window_bytes, throttled = time.monotonic(), 0, 0.0
