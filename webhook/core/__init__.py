@@ -7,8 +7,8 @@ makes no network or API calls and serves nothing; the only input it reads beside
 is the policy itself (webhook.core.settings: environment variables and an optional mounted file,
 read once when Settings is built). HTTP, TLS, metrics, logging setup and the command line are the
 edge, in the modules beside this package (webhook.app, server, tls, metrics, logs, cli), which
-call into the core; the core imports no HTTP or metrics library (an import-linter contract in
-pyproject.toml).
+call into the core and are never imported by it. Both rules, no HTTP or metrics library here and
+no import of the edge, are import-linter contracts in pyproject.toml.
 
 Import what you need from its modules (webhook.core.review, webhook.core.settings, ...); this
 package re-exports nothing.
