@@ -22,11 +22,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from webhook.errors import MalformedReview
+from webhook.core.errors import MalformedReview
+from webhook.core.review import Outcome, Reviewer, mutate_review, validate_review
+from webhook.core.settings import Settings
 from webhook.logs import ADMISSION_LOGGER
 from webhook.metrics import WebhookMetrics
-from webhook.review import Outcome, Reviewer, mutate_review, validate_review
-from webhook.settings import Settings
 
 log = logging.getLogger(ADMISSION_LOGGER)
 

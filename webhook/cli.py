@@ -10,8 +10,8 @@ from pathlib import Path
 import pydantic
 import yaml
 
-from webhook.errors import MalformedReview, Refused
-from webhook.settings import Settings
+from webhook.core.errors import MalformedReview, Refused
+from webhook.core.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _render(filename: str, settings: Settings) -> int:
-    from webhook.render import render_documents  # noqa: PLC0415
+    from webhook.core.render import render_documents  # noqa: PLC0415
 
     try:
         text = sys.stdin.read() if filename == "-" else Path(filename).read_text(encoding="utf-8")

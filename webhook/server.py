@@ -24,8 +24,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from webhook.app import create_app
+from webhook.core.settings import Settings
 from webhook.logs import configure_logging
-from webhook.settings import Settings
 from webhook.tls import ReloadingTLS
 
 # kube-apiserver keeps connections to webhooks open; closing them too eagerly races its reuse.

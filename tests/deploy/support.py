@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from webhook.settings import ENV_PREFIX, Settings
+from webhook.core.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -4,7 +4,7 @@ The e2e tests need Docker and kind, so a mistake in the objects they apply would
 someone's laptop. Here every pod and workload they send through admission (tests/e2e/objects.py
 builds them once, for both) goes the way the apiserver would send it with the `kind` overlay
 deployed: to the registrations whose rules, namespaceSelector and matchConditions select it, to
-the same /mutate or /validate code the webhook pods run, and through webhook.render (what
+the same /mutate or /validate code the webhook pods run, and through webhook.core.render (what
 `model-webhook render` prints) to see the injected pod. The settings are those the webhook pods
 get: the rendered overlay's ConfigMap as environment variables, and nothing else.
 
@@ -56,11 +56,11 @@ from tests.e2e.objects import (
     workloads,
 )
 from tests.webhook.restricted import restricted_violations
-from webhook.errors import Refused
-from webhook.render import render_object
-from webhook.review import REVIEWERS
-from webhook.settings import Settings
-from webhook.workloads import group_of_kind, pod_template
+from webhook.core.errors import Refused
+from webhook.core.render import render_object
+from webhook.core.review import REVIEWERS
+from webhook.core.settings import Settings
+from webhook.core.workloads import group_of_kind, pod_template
 
 INJECT = "inject.pods.models.example.com"
 VALIDATE_WORKLOADS = "validate.workloads.models.example.com"

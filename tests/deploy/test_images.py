@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.deploy.support import ROOT
-from webhook.settings import Settings
+from webhook.core.settings import Settings
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 IMAGES = {"Dockerfile.webhook": "model-webhook", "Dockerfile.fetcher": "model-fetch"}

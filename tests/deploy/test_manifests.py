@@ -19,9 +19,9 @@ from tests.deploy.support import (
     selector_matches,
     settings_from,
 )
-from webhook.quantities import parse_quantity
-from webhook.settings import ENV_PREFIX, Settings
-from webhook.workloads import TEMPLATE_PATHS
+from webhook.core.quantities import parse_quantity
+from webhook.core.settings import ENV_PREFIX, Settings
+from webhook.core.workloads import TEMPLATE_PATHS
 
 OVERLAYS = ["kind", "cert-manager"]
 RENDERS = ["base", *OVERLAYS]

@@ -17,8 +17,8 @@ from typing import Any
 from cryptography import x509
 
 from tests.webhook.certs import Authority
+from webhook.core.settings import Settings
 from webhook.server import build_server
-from webhook.settings import Settings
 from webhook.tls import ReloadingTLS
 
 

@@ -6,10 +6,10 @@ import pytest
 
 from tests.webhook.kube import apply_response, assert_valid_pod, make_pod, model_annotations
 from tests.webhook.kube import review_for as review
-from webhook.errors import Refused
-from webhook.injection import mutate_pod
-from webhook.review import mutate_review
-from webhook.settings import Settings
+from webhook.core.errors import Refused
+from webhook.core.injection import mutate_pod
+from webhook.core.review import mutate_review
+from webhook.core.settings import Settings
 
 SOURCE = "https://models.example.com/m.tar.zst"
 DIGEST = "ab" * 32

@@ -14,8 +14,8 @@ from fastapi import FastAPI
 
 from tests.webhook.kube import load_review
 from webhook.app import create_app
+from webhook.core.settings import Settings
 from webhook.logs import ADMISSION_LOGGER, JsonFormatter
-from webhook.settings import Settings
 
 
 class Client:

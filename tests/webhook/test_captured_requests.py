@@ -15,8 +15,8 @@ from tests.webhook.kube import (
     load_review,
 )
 from tests.webhook.restricted import restricted_violations
-from webhook.review import mutate_review, validate_review
-from webhook.settings import Settings
+from webhook.core.review import mutate_review, validate_review
+from webhook.core.settings import Settings
 
 DEFAULTS = Settings()
 WITH_S3 = Settings(allowed_schemes=["https", "s3"])

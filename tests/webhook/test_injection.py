@@ -9,10 +9,10 @@ import pytest
 
 from tests.webhook.kube import assert_valid_pod, make_pod, model_annotations
 from tests.webhook.restricted import restricted_violations
-from webhook.errors import MalformedReview, Refused
-from webhook.injection import mutate_pod
-from webhook.patch import Additions, build_patch, escape
-from webhook.settings import Settings
+from webhook.core.errors import MalformedReview, Refused
+from webhook.core.injection import mutate_pod
+from webhook.core.patch import Additions, build_patch, escape
+from webhook.core.settings import Settings
 
 SOURCE = "https://models.example.com/m.tar.zst"
 DEFAULTS = Settings()

@@ -15,10 +15,10 @@ from tests.webhook.kube import (
 )
 from tests.webhook.kube import review_for as review
 from tests.webhook.restricted import restricted_violations
-from webhook.errors import Refused
-from webhook.injection import mutate_pod
-from webhook.review import mutate_review
-from webhook.settings import Settings
+from webhook.core.errors import Refused
+from webhook.core.injection import mutate_pod
+from webhook.core.review import mutate_review
+from webhook.core.settings import Settings
 
 DIGEST = "cd" * 32
 STORES = Settings(allowed_schemes=["https", "http", "s3", "gs"])

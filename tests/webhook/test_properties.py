@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.webhook.kube import assert_valid_pod, review_for
 from tests.webhook.restricted import restricted_violations
 from webhook.app import create_app
-from webhook.settings import Settings
+from webhook.core.settings import Settings
 
 APP = create_app(Settings(allowed_schemes=["https", "http", "s3"], require_sha256=False))
 PREFIX = "models.example.com/"

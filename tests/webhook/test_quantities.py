@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from webhook.quantities import (
+from webhook.core.quantities import (
     is_fetcher_rate,
     is_fetcher_size,
     is_positive_quantity,

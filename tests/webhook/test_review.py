@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from tests.webhook.kube import decode_patch, load_review, make_pod, model_annotations, review_for
-from webhook.errors import MalformedReview
-from webhook.review import mutate_review, validate_review
-from webhook.settings import Settings
+from webhook.core.errors import MalformedReview
+from webhook.core.review import mutate_review, validate_review
+from webhook.core.settings import Settings
 
 DEFAULTS = Settings()
 SOURCE = "https://models.example.com/m.tar.zst"

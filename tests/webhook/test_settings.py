@@ -6,7 +6,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from webhook.settings import Settings
+from webhook.core.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from webhook.quantities import is_fetcher_size, is_positive_quantity
+from webhook.core.quantities import is_fetcher_size, is_positive_quantity
 
 ENV_PREFIX = "MODEL_INJECTOR_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"

@@ -8,10 +8,10 @@ from typing import Any
 import jsonpatch
 import yaml
 
-from webhook.errors import MalformedReview
-from webhook.injection import Mutation, mutate_pod
-from webhook.settings import Settings
-from webhook.workloads import TEMPLATE_PATHS, group_of_kind, pod_template
+from webhook.core.errors import MalformedReview
+from webhook.core.injection import Mutation, mutate_pod
+from webhook.core.settings import Settings
+from webhook.core.workloads import TEMPLATE_PATHS, group_of_kind, pod_template
 
 
 def render_object(obj: object, settings: Settings) -> tuple[dict[str, Any], Mutation]:

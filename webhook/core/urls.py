@@ -12,8 +12,8 @@ import re
 from fnmatch import fnmatchcase
 from urllib.parse import SplitResult, urlsplit
 
-from webhook.errors import invalid_value
-from webhook.settings import Settings
+from webhook.core.errors import invalid_value
+from webhook.core.settings import Settings
 
 STORE_SCHEMES = ("s3", "gs")
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from webhook.bodies import Container, Pod
-from webhook.errors import MalformedReview
+from webhook.core.bodies import Container, Pod
+from webhook.core.errors import MalformedReview
 
 _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 

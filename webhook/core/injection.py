@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from webhook.annotations import INJECTED, annotation_key, parse_models, status_key
-from webhook.bodies import AddOperation, Pod
-from webhook.errors import Refused, invalid_value
-from webhook.fetchcontainer import app_mount, fetch_container, volumes_for
-from webhook.modelspec import FETCH_CONTAINER, ModelSpec
-from webhook.patch import Additions, build_patch
-from webhook.pods import annotations_of, containers_of, read_pod
-from webhook.settings import Settings
+from webhook.core.annotations import INJECTED, annotation_key, parse_models, status_key
+from webhook.core.bodies import AddOperation, Pod
+from webhook.core.errors import Refused, invalid_value
+from webhook.core.fetchcontainer import app_mount, fetch_container, volumes_for
+from webhook.core.modelspec import FETCH_CONTAINER, ModelSpec
+from webhook.core.patch import Additions, build_patch
+from webhook.core.pods import annotations_of, containers_of, read_pod
+from webhook.core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from webhook.errors import Refused, invalid_value
-from webhook.modelspec import (
+from webhook.core.errors import Refused, invalid_value
+from webhook.core.modelspec import (
     DEFAULT_MODEL,
     FETCH_CONTAINER,
     ExtractMode,
@@ -22,14 +22,14 @@ from webhook.modelspec import (
     ModelSpec,
     VolumeKind,
 )
-from webhook.quantities import (
+from webhook.core.quantities import (
     is_fetcher_rate,
     is_fetcher_size,
     is_positive_quantity,
     parse_quantity,
 )
-from webhook.settings import Settings
-from webhook.urls import is_http, scheme_of, url_problem
+from webhook.core.settings import Settings
+from webhook.core.urls import is_http, scheme_of, url_problem
 
 MODEL_KEYS = (
     "source",

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from webhook.bodies import AddOperation, AdmissionRequest, AdmissionResponse, AdmissionReview
-from webhook.errors import MalformedReview, Refused
-from webhook.injection import mutate_pod
-from webhook.settings import Settings
-from webhook.workloads import pod_template
+from webhook.core.bodies import AddOperation, AdmissionRequest, AdmissionResponse, AdmissionReview
+from webhook.core.errors import MalformedReview, Refused
+from webhook.core.injection import mutate_pod
+from webhook.core.settings import Settings
+from webhook.core.workloads import pod_template
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from webhook.bodies import Container, Volume, VolumeMount
-from webhook.modelspec import GCS_KEY_FILE, ModelSpec
-from webhook.settings import Settings
-from webhook.urls import is_http
+from webhook.core.bodies import Container, Volume, VolumeMount
+from webhook.core.modelspec import GCS_KEY_FILE, ModelSpec
+from webhook.core.settings import Settings
+from webhook.core.urls import is_http
 
 FETCH_COMMAND = "model-fetch"
 AUTH_ENV = "AUTHORIZATION"

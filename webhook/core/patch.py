@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.bodies import AddOperation, Container, Pod, Volume, VolumeMount
+from webhook.core.bodies import AddOperation, Container, Pod, Volume, VolumeMount
 
 
 def escape(token: str) -> str:
