@@ -181,7 +181,7 @@ def _usable_checkpoint(request: FetchRequest) -> Checkpoint | None:
                 "this stream can only restart at byte 0 (%s): re-fetching %d bytes, reusing %d "
                 "held in the download window; the %d files already complete are read past, "
                 "not written again",
-                "no frame or member boundary was passed before the checkpoint",
+                "no frame or member boundary had been passed when it was written",
                 missing, held, len(checkpoint.completed),
             )  # fmt: skip
         else:

@@ -18,6 +18,7 @@ a save being durable (handing back the window behind it) runs once it is.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +50,9 @@ class Checkpointer:
         self._every_bytes = every_bytes
         self._flush = flush
         now = time.monotonic()
-        self._last_restore_at = now
+        # Without a restore point yet, the first restorable point is saved at once: then a
+        # checkpoint without one means that no boundary had been passed, which the log says.
+        self._last_restore_at = now if checkpoint.restore else -math.inf
         self._last_restore_position = checkpoint.position
         self._last_save_at = now
         self.restore_saves = 0

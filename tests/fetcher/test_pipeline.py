@@ -1,0 +1,116 @@
+"""pipeline.run over the in-memory source, and fetch() over an httpx transport: no sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fetcher.fetch import fetch
+from fetcher.formats import Layout
+from fetcher.pipeline import StopRequest, run
+from fetcher.progress import Progress
+from fetcher.request import FetchRequest
+from fetcher.sources import SourceStats
+from fetcher.sources.memory import MemorySource
+from fetcher.stages.chain import Stages
+from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint, RequestIdentity, decode
+from fetcher.state.checkpointer import Checkpointer
+from tests.support.archives import make_tree, py_archive, tree_snapshot, write_tree
+
+TREE = make_tree(seed=3, n_files=30, total_bytes=3_000_000)
+# Frames of ~100 KB of input: many boundaries, most of them inside the chunks fed.
+MULTI_FRAME = py_archive(TREE, "zst", parts=30)
+
+
+def _run(archive: bytes, root: Path, *, chunk_size: int, interval: float) -> Checkpointer:
+    stages = Stages(
+        root / "tree",
+        compression=None,
+        layout=Layout.DETECT,
+        file_name="model",
+        max_extracted=10**9,
+    )
+    checkpointer = Checkpointer(
+        root / CHECKPOINT_NAME,
+        Checkpoint(RequestIdentity("memory", None, "auto")),
+        interval=interval,
+        every_bytes=1 << 40,
+        flush=lambda: None,
+    )
+    source = MemorySource(archive, chunk_size=chunk_size)
+    stats = run(
+        source,
+        stages,
+        checkpointer,
+        StopRequest(),
+        Progress(bar=False, interval=3600),
+        stats=source.stats,
+        halt=threading.Event(),
+        window_size=1 << 20,
+    )
+    assert stats.digest == hashlib.sha256(archive).hexdigest()
+    assert stats.bytes == len(archive)
+    return checkpointer
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4096, 65_537, 1 << 20, 1 << 24])
+def test_the_tree_is_the_same_however_the_stream_is_cut(tmp_path: Path, chunk_size: int) -> None:
+    archive = MULTI_FRAME if chunk_size > 1 else py_archive(make_tree(5, 4, 20_000), "zst", parts=3)
+    tree = TREE if chunk_size > 1 else make_tree(5, 4, 20_000)
+    _run(archive, tmp_path, chunk_size=chunk_size, interval=3600)
+    assert tree_snapshot(tmp_path / "tree") == tree_snapshot(write_tree(tree, tmp_path / "want"))
+
+
+def test_every_due_restorable_point_is_saved_even_while_a_save_is_being_written(
+    tmp_path: Path,
+) -> None:
+    # Interval 0: a restore save is due at every restorable point. Before the fix, a save
+    # asked for while the previous one was being written was declined, and a progress save
+    # at a chunk end took the slot meant for the next frame boundary.
+    checkpointer = _run(MULTI_FRAME, tmp_path, chunk_size=1 << 20, interval=0.0)
+    frames = 30
+    assert checkpointer.restore_saves >= frames
+    saved = decode((tmp_path / CHECKPOINT_NAME).read_bytes())
+    assert saved.restore is not None
+    assert saved.restore.position == len(MULTI_FRAME)  # the last boundary is the end
+
+
+def test_fetch_runs_over_an_injected_transport(tmp_path: Path) -> None:
+    archive = py_archive(TREE, "gz", parts=3)
+    requests: list[httpx.Request] = []
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        pieces = (archive[at : at + 65536] for at in range(0, len(archive), 65536))
+        # A generator, so that the body streams (bytes would be read in at once).
+        return httpx.Response(200, content=pieces, headers={"Content-Length": str(len(archive))})
+
+    request = FetchRequest(
+        url="https://models.example/m.tar.gz",
+        output=tmp_path / "out",
+        sha256=hashlib.sha256(archive).hexdigest(),
+        connections=1,
+        grow_connections=False,
+    )
+    result = fetch(
+        request,
+        stop=StopRequest(),
+        progress=Progress(bar=False, interval=3600),
+        transport=httpx.MockTransport(origin),
+    )
+    assert result.marker.files == len(TREE)
+    assert [str(r.url) for r in requests] == ["https://models.example/m.tar.gz"]
+    snapshot = tree_snapshot(tmp_path / "out")
+    snapshot.pop(".model-fetch.json")
+    assert snapshot == tree_snapshot(write_tree(TREE, tmp_path / "want"))
+
+
+def test_memory_source_counts_what_it_serves() -> None:
+    source = MemorySource(b"x" * 10, start=3, chunk_size=4)
+    assert b"".join(source.chunks()) == b"x" * 7
+    assert source.stats.bytes_received == 7
+    assert isinstance(source.stats, SourceStats)
