@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +23,10 @@ from fetcher.logs import configure
 from fetcher.pipeline import StopRequest
 from fetcher.progress import Progress
 from fetcher.request import AUTO_CONNECTIONS, FetchRequest
+from fetcher.termination import DEFAULT_PATH as DEFAULT_TERMINATION_LOG
+from fetcher.termination import write_result
 from fetcher.units import parse_rate, parse_size
-from fetcher.urls import validate_url
+from fetcher.urls import redact, validate_url
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -106,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="region of the s3:// buckets (default: AWS_REGION, the AWS config, else us-east-1)",
     )  # fmt: skip
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--termination-log", metavar="FILE", type=Path, default=DEFAULT_TERMINATION_LOG,
+        help="where the result goes when that file exists (what Kubernetes shows as the "
+        "container's termination message; default %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--progress-interval", metavar="SECONDS", type=float, default=5.0,
         help="seconds between progress lines when stderr is not a terminal",
@@ -206,23 +214,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = configure(args.log_format)
     stop = StopRequest()
     _install_signal_handlers(stop)
+    started = time.monotonic()
     try:
         request = request_from_args(args)
         progress = Progress(bar=sys.stderr.isatty(), interval=args.progress_interval)
-        fetch(request, stop=stop, progress=progress)
+        result = fetch(request, stop=stop, progress=progress)
     except FetchError as error:
-        _report(log, error.line(), args.log_format)
-        return error.exit_code
-    except Exception as error:  # a bug: keep the traceback for the report, end with one line
-        traceback.print_exc()
-        _report(
+        return _fail(log, args, error.line(), error.exit_code)
+    except Exception as error:  # a bug: one line; the traceback only when asked for
+        if os.environ.get("MODEL_FETCH_DEBUG"):
+            traceback.print_exc()
+        return _fail(
             log,
-            f"internal error ({type(error).__name__}: {error}); this is a bug in model-fetch, "
-            "please report it with the output above",
-            args.log_format,
+            args,
+            f"internal error ({type(error).__name__}: {error}); this is a bug in model-fetch: "
+            "please report it, with the output of a rerun with MODEL_FETCH_DEBUG=1",
+            1,
         )
-        return 1
+    marker = result.marker
+    write_result(
+        args.termination_log,
+        {
+            "status": "ok",
+            "already_complete": result.already_complete,
+            "source": marker.source,
+            "origin": result.origin or marker.source,
+            "mirror": _mirror_index(args, result.origin),
+            "sha256": marker.sha256,
+            "sha256_verified": marker.sha256_expected,
+            "bytes": marker.bytes,
+            "fetched_bytes": result.fetched_bytes,
+            "refetched_bytes": result.refetched_bytes,
+            "extracted_bytes": marker.extracted_bytes,
+            "files": marker.files,
+            "format": marker.format,
+            "connections": result.connections,
+            "seconds": round(time.monotonic() - started, 3),
+        },
+    )
     return 0
+
+
+def _mirror_index(args: argparse.Namespace, origin: str) -> int | None:
+    """0 for the source, N for the Nth --mirror, None when it did not come from the network."""
+    shown = [redact(url) for url in (args.url, *args.mirror)]
+    return shown.index(origin) if origin in shown else None
+
+
+def _fail(log: logging.Logger, args: argparse.Namespace, line: str, code: int) -> int:
+    _report(log, line, args.log_format)
+    write_result(args.termination_log, {"status": "error", "exit_code": code, "message": line})
+    return code
 
 
 def _report(log: logging.Logger, line: str, log_format: str) -> None:

@@ -50,6 +50,10 @@ class FetchResult:
     marker: Marker
     already_complete: bool
     requests: int = 0
+    origin: str = ""  # the origin that served the last bytes, as logs show it
+    fetched_bytes: int = 0  # received by this run
+    refetched_bytes: int = 0  # received more than once over every run of this fetch
+    connections: int = 1
 
 
 def fetch(
@@ -103,7 +107,9 @@ def _fetch_locked(
         output,
     )
     try:
-        stats, requests, fetched_here = _download_until_stable(request, stop, progress, transport)
+        stats, requests, fetched_here, before = _download_until_stable(
+            request, stop, progress, transport
+        )
     except (ChecksumMismatch, UnsafeArchive, CorruptArchive):
         _discard(request)  # starting over is the only cure; nothing half-made stays
         raise
@@ -144,7 +150,15 @@ def _fetch_locked(
         "verified" if request.sha256 else "(not checked: no --sha256 given)",
         extra={"fields": {"files": marker.files, "bytes": marker.bytes, "sha256": stats.digest}},
     )
-    return FetchResult(marker, already_complete=False, requests=requests)
+    return FetchResult(
+        marker,
+        already_complete=False,
+        requests=requests,
+        origin=stats.origin,
+        fetched_bytes=fetched_here,
+        refetched_bytes=max(0, before + fetched_here - marker.bytes),
+        connections=stats.connections,
+    )
 
 
 def _usable_checkpoint(request: FetchRequest) -> Checkpoint | None:
@@ -197,14 +211,17 @@ def _download_until_stable(
     stop: StopRequest,
     progress: Progress,
     transport: httpx.BaseTransport | None,
-) -> tuple[Stats, int, int]:
+) -> tuple[Stats, int, int, int]:
     """Download, starting over when an origin starts serving another file mid-way.
 
-    Returns the stats, and the requests made and bytes received by this run.
+    Returns the stats, the requests made and bytes received by this run, and the bytes
+    earlier runs had received (from the checkpoint this one resumed).
     """
-    requests = fetched = 0
+    requests = fetched = before = 0
     for changes in range(_SOURCE_CHANGES_TOLERATED + 1):
         resume = _usable_checkpoint(request) if changes == 0 else None
+        if resume is not None:
+            before = resume.fetched_bytes
         stats = SourceStats()
         try:
             result = _download_resuming(
@@ -230,7 +247,7 @@ def _download_until_stable(
         finally:
             requests += stats.requests
             fetched += stats.bytes_received
-        return result, requests, fetched
+        return result, requests, fetched, before
     raise AssertionError("unreachable")
 
 

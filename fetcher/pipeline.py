@@ -62,6 +62,8 @@ class Stats:
     extracted_bytes: int
     files: int
     format: str
+    origin: str = ""
+    connections: int = 1
 
 
 @dataclass
@@ -121,6 +123,8 @@ def run(
                     stages.extracted_bytes,
                     stages.tree.files_written,
                     stages.format_name(),
+                    stats.origin,
+                    stats.connections,
                 )
             stages.feed(item.data, item.hash_before)
             if stop.grace_over():

@@ -27,6 +27,7 @@ class SourceStats:
     bytes_received: int = 0
     requests: int = 0
     origin: str = ""
+    connections: int = 1  # the most used at once
     identity: Identity | None = None
     notes: list[str] = field(default_factory=list)
 

@@ -114,6 +114,7 @@ class ParallelDownload:
             threading.Thread(target=self._work, name=f"model-fetch-range-{n}", daemon=True)
             for n in range(self._connections)
         ]
+        self.stats.connections = max(self.stats.connections, self._connections)
         for worker in workers:
             worker.start()
         try:
@@ -306,6 +307,8 @@ class ParallelDownload:
                 position += len(piece)
             if position < end:
                 raise Retryable(f"body ended at byte {position} of a range ending at {end}")
+            with self._lock:
+                self.stats.origin = origin.shown
 
     def _check(self, origin: _Origin, response: httpx.Response, start: int, end: int) -> None:
         try:
