@@ -16,7 +16,14 @@ from types import FrameType
 
 from fetcher.errors import FetchError, UsageError
 from fetcher.fetch import fetch
-from fetcher.formats import FORMAT_CHOICES, parse_format
+from fetcher.formats import (
+    FORMAT_CHOICES,
+    Compression,
+    Layout,
+    implied_by_name,
+    parse_format,
+    unread_suffix,
+)
 from fetcher.http.retry import RetryPolicy
 from fetcher.http.stores import bucket_and_key, is_store_url
 from fetcher.logs import configure
@@ -26,7 +33,7 @@ from fetcher.request import AUTO_CONNECTIONS, FetchRequest
 from fetcher.termination import DEFAULT_PATH as DEFAULT_TERMINATION_LOG
 from fetcher.termination import write_result
 from fetcher.units import parse_rate, parse_size
-from fetcher.urls import redact, validate_url
+from fetcher.urls import basename, redact, validate_url
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -153,6 +160,22 @@ def _connections(value: str) -> tuple[int, bool]:
     return int(value), False
 
 
+def _format_from_name(
+    url: str, compression: Compression | None, layout: Layout
+) -> tuple[Compression | None, Layout]:
+    """With --format auto, a name that claims a format holds the stream to it."""
+    name = basename(url)
+    unread = unread_suffix(name)
+    if unread:
+        raise UsageError(
+            f"{name}: {unread} archives are not read by model-fetch",
+            "repack it as .tar.zst (model-fetch reads tar, tar.zst, tar.gz, tar.xz, tar.bz2), "
+            "or give --format none to store the file as it is",
+        )
+    implied = implied_by_name(name)
+    return implied if implied else (compression, layout)
+
+
 def request_from_args(args: argparse.Namespace) -> FetchRequest:
     for url in (args.url, *args.mirror):
         validate_url(url)
@@ -166,6 +189,8 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
     if args.ca_bundle and not args.ca_bundle.is_file():
         raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
     compression, layout = parse_format(args.format)
+    if args.format == "auto":
+        compression, layout = _format_from_name(args.url, compression, layout)
     return FetchRequest(
         url=args.url,
         mirrors=list(args.mirror),

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 from fetcher.errors import FetchError
-from fetcher.state.files import fsync_directory, write_atomically
+from fetcher.state.files import fsync_directory, remove_tree, write_atomically
 from fetcher.state.libc import sync_filesystem
 from fetcher.state.marker import Marker, remove_marker, write_marker
 
@@ -107,11 +106,7 @@ def _remove_entries(output: Path, entries: list[str]) -> None:
     for entry in entries:
         if not entry or "/" in entry or entry in (".", "..", WORK_DIR_NAME):
             continue  # a journal names top-level entries of DIR, never anything else
-        path = output / entry
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        remove_tree(output / entry)
 
 
 def sync_directory_tree(path: Path) -> None:

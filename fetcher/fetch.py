@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from fetcher.sources.stream import MirroredStream
 from fetcher.stages.chain import Stages
 from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint, StateError, load_checkpoint
 from fetcher.state.checkpointer import Checkpointer
+from fetcher.state.files import remove_tree
 from fetcher.state.lock import DirectoryLock
 from fetcher.state.marker import Marker, read_marker, url_fingerprint
 from fetcher.units import human_bytes
@@ -113,9 +113,6 @@ def _fetch_locked(
     except (ChecksumMismatch, UnsafeArchive, CorruptArchive):
         _discard(request)  # starting over is the only cure; nothing half-made stays
         raise
-    if request.sha256 and stats.digest != request.sha256:
-        _discard(request)
-        raise ChecksumMismatch(request.sha256, stats.digest, stats.bytes)
 
     elapsed = max(time.monotonic() - started, 1e-3)
     marker = Marker(
@@ -260,21 +257,48 @@ def _download_resuming(
     transport: httpx.BaseTransport | None,
     stats: SourceStats,
 ) -> Stats:
+    """Download, from the checkpoint if there is one, and check the digest.
+
+    A resumed run whose stream then fails to decode or to verify starts over once from byte
+    0: a checkpoint that passed every check can still be wrong in a way only the stream
+    shows, and a fresh run tells that apart from an archive that is damaged itself.
+    """
     request.state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _download(
-            request, resume=resume, stop=stop, progress=progress, transport=transport, stats=stats
-        )
+        return _verified(
+            request,
+            _download(
+                request, resume=resume, stop=stop, progress=progress, transport=transport,
+                stats=stats,
+            ),
+        )  # fmt: skip
     except StateError as error:
         if resume is None:
             raise AssertionError(f"a fresh fetch refused its own state: {error}") from None
         # The stages refused the checkpoint: it does not match the disk or the request.
         log.warning("the checkpoint cannot be resumed (%s); starting from byte 0", error)
-        _discard(request)
-        request.state_dir.mkdir(parents=True, exist_ok=True)
-        return _download(
+    except (ChecksumMismatch, UnsafeArchive, CorruptArchive) as error:
+        if resume is None:
+            raise
+        log.warning(
+            "after resuming from byte %d: %s; starting once more from byte 0, to tell a "
+            "damaged checkpoint from a damaged archive",
+            resume.position, error.line(),
+        )  # fmt: skip
+    _discard(request)
+    request.state_dir.mkdir(parents=True, exist_ok=True)
+    return _verified(
+        request,
+        _download(
             request, resume=None, stop=stop, progress=progress, transport=transport, stats=stats
-        )
+        ),
+    )
+
+
+def _verified(request: FetchRequest, stats: Stats) -> Stats:
+    if request.sha256 and stats.digest != request.sha256:
+        raise ChecksumMismatch(request.sha256, stats.digest, stats.bytes)
+    return stats
 
 
 def _download(
@@ -361,6 +385,7 @@ def _download(
                 stats=stats,
                 halt=halt,
                 window_size=request.max_disk_buffer,
+                max_download=max_download(request.max_extracted),
             )
         finally:
             progress.close()
@@ -399,6 +424,12 @@ def _source(
             log.info("the origin does not honour Range requests: fetching over one connection")
         return single_stream()
     length = probed.identity.length
+    if length > max_download(request.max_extracted):
+        raise UnsafeArchive(
+            "the download",
+            f"the source announces {length} bytes, more than --max-extracted-size allows for "
+            "an archive",
+        )
     chunk = min(request.chunk_size, max(request.max_disk_buffer // request.connections, 1 << 18))
     if chunk < request.chunk_size:
         log.info(
@@ -439,11 +470,22 @@ def _source(
     )
 
 
+def max_download(max_extracted: int) -> int:
+    """The most bytes an archive may take on the wire: compression never grows data by more
+    than a few bytes per block, so its extracted size plus 1% and 64 MiB covers every real one.
+    """
+    return max_extracted + max_extracted // 100 + (64 << 20)
+
+
 def _discard(request: FetchRequest) -> None:
     """Remove all state: the staged tree, the checkpoint, the state directory."""
-    shutil.rmtree(request.staging.parent, ignore_errors=True)
-    if request.workdir:
-        shutil.rmtree(request.workdir, ignore_errors=True)
+    for state in (request.staging.parent, request.workdir):
+        if state is None:
+            continue
+        try:
+            remove_tree(state)
+        except OSError as error:
+            log.warning("could not remove %s (%s); a later run clears it", state, error.strerror)
 
 
 def _client(request: FetchRequest, transport: httpx.BaseTransport | None) -> httpx.Client:

@@ -99,3 +99,47 @@ def strip_suffix(name: str, compression: Compression) -> str:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+# What a file's name says it is. A name that claims a format is held to it: an HTML error page
+# served for model.tar.zst is refused, not stored as the model.
+_NAMED = (
+    ((".tar.zst", ".tar.zstd", ".tzst"), Compression.ZSTD, Layout.TAR),
+    ((".tar.gz", ".tgz"), Compression.GZIP, Layout.TAR),
+    ((".tar.xz", ".txz"), Compression.XZ, Layout.TAR),
+    ((".tar.bz2", ".tbz2", ".tbz"), Compression.BZIP2, Layout.TAR),
+    ((".tar",), Compression.NONE, Layout.TAR),
+    ((".zst", ".zstd"), Compression.ZSTD, Layout.DETECT),
+    ((".gz", ".gzip"), Compression.GZIP, Layout.DETECT),
+    ((".xz",), Compression.XZ, Layout.DETECT),
+    ((".bz2",), Compression.BZIP2, Layout.DETECT),
+)
+# Formats people name archives with that this fetcher does not read.
+UNREAD_SUFFIXES = (".zip", ".lz4", ".tar.lz4", ".7z", ".rar")
+
+
+def implied_by_name(name: str) -> tuple[Compression, Layout] | None:
+    """The format a file name claims, or None when it claims none this fetcher reads."""
+    lowered = name.lower()
+    for suffixes, compression, layout in _NAMED:
+        if lowered.endswith(suffixes):
+            return compression, layout
+    return None
+
+
+def unread_suffix(name: str) -> str | None:
+    lowered = name.lower()
+    return next((s for s in UNREAD_SUFFIXES if lowered.endswith(s)), None)
+
+
+def preview(head: bytes, limit: int = 24) -> str:
+    """The first bytes as a person would recognise them: text in backquotes, else hex."""
+    sample = head[:limit]
+    if not sample:
+        return "nothing (it is empty)"
+    text = sample.decode("latin-1")
+    printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
+    if printable >= 0.9 * len(text):
+        shown = " ".join(text.split())
+        return f"`{shown}`" + ("..." if len(head) > limit else "")
+    return "bytes " + sample.hex(" ") + (" ..." if len(head) > limit else "")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fetcher.errors import Interrupted
+from fetcher.errors import Interrupted, UnsafeArchive
 from fetcher.progress import Progress
 from fetcher.sources import Source, SourceStats, Window
 from fetcher.stages.chain import Stages
@@ -87,6 +87,7 @@ def run(
     stats: SourceStats,
     halt: threading.Event,
     window_size: int,
+    max_download: int,
 ) -> Stats:
     """Feed the source through the stages to the end; the digest of what was read.
 
@@ -94,6 +95,7 @@ def run(
     (not at the signal itself, since the decoder may still need bytes to reach a clean point).
     """
     window = source if isinstance(source, Window) else None
+    announced_checked = False
     saver = _Saver(checkpointer, stages, stats, window, window_size)
 
     def on_restorable(position: int) -> None:
@@ -127,6 +129,10 @@ def run(
                     stats.connections,
                 )
             stages.feed(item.data, item.hash_before)
+            if not announced_checked and stats.identity is not None:
+                announced_checked = True
+                _check_size(stats.identity.length or 0, max_download, announced=True)
+            _check_size(stages.bytes, max_download, announced=False)
             if stop.grace_over():
                 saver.last(at_restorable_point=stages.at_boundary)  # no clean point in time
                 stop.check()
@@ -144,6 +150,16 @@ def run(
         halt.set()
         checkpointer.wait(reraise=False)  # never write into a state directory being removed
         stages.release()
+
+
+def _check_size(size: int, limit: int, *, announced: bool) -> None:
+    """No archive is much larger than what it extracts to: a body past that is not one."""
+    if size > limit:
+        what = f"announces {size} bytes" if announced else f"sent more than {limit} bytes"
+        raise UnsafeArchive(
+            "the download",
+            f"the source {what}, more than --max-extracted-size allows for an archive",
+        )
 
 
 class _Saver:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from fetcher.http.retry import RETRYABLE_STATUS, Retryable, retry_after
+from fetcher.http.retry import RETRYABLE_STATUS, OriginRefused, Retryable, retry_after
 from fetcher.http.stores import Target, refusal
+from fetcher.urls import basename
 
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -86,13 +87,22 @@ def read_answer(
         raise PreconditionFailed
     if status == 416:
         raise NotSatisfiable(_unsatisfied_length(response))
+    if status not in (200, 206):
+        raise refusal(target, response)
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding != "identity" and not _labels_the_file(encoding, target.url):
+        # The bytes on the wire would not be the file's: the digest and the decoder must see
+        # exactly what the file holds. (A server that labels a .gz file itself as gzip-encoded
+        # sends the file's own bytes, and is let through.)
+        raise OriginRefused(
+            f"it sent the body with Content-Encoding: {encoding} although identity was asked "
+            "for, so the bytes are not the file's"
+        )
     validators = (strong_etag(response), response.headers.get("last-modified"))
     if status == 200:
         declared = response.headers.get("content-length", "")
         length = int(declared) if declared.isdigit() else None
         return Served(200, 0, Identity(length, *validators))
-    if status != 206:
-        raise refusal(target, response)
     header = response.headers.get("content-range", "")
     match = CONTENT_RANGE.match(header)
     if (
@@ -105,6 +115,10 @@ def read_answer(
         wanted = f"bytes={first}-{'' if last is None else last}"
         raise Retryable(f"Content-Range {header!r} does not answer {wanted}")
     return Served(206, first, Identity(int(match.group(3)), *validators))
+
+
+def _labels_the_file(encoding: str, url: str) -> bool:
+    return encoding in ("gzip", "x-gzip") and basename(url).lower().endswith((".gz", ".tgz"))
 
 
 def _unsatisfied_length(response: httpx.Response) -> int | None:

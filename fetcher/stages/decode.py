@@ -16,7 +16,15 @@ from typing import IO, Protocol, cast
 import zstandard
 
 from fetcher.errors import CorruptArchive
-from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compression
+from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compression, preview
+
+NAMES = {
+    Compression.ZSTD: "zstd",
+    Compression.GZIP: "gzip",
+    Compression.XZ: "xz",
+    Compression.BZIP2: "bzip2",
+    Compression.NONE: "uncompressed",
+}
 
 OUTPUT_CHUNK = 1 << 20
 
@@ -369,7 +377,7 @@ class AutoDecoder:
         if self._inner is None:
             held = len(self._head)
             self._head += data
-            if self._compression is None and len(self._head) < SNIFF_COMPRESSION_BYTES:
+            if len(self._head) < SNIFF_COMPRESSION_BYTES:
                 return
             self._head_offset = held  # boundary offsets below count from the held-back head
             data = self._start()
@@ -384,7 +392,16 @@ class AutoDecoder:
             self._on_boundary(offset - self._head_offset)
 
     def _start(self) -> bytes:
-        compression = self._compression or detect_compression(bytes(self._head))
+        found = detect_compression(bytes(self._head))
+        wanted = self._compression
+        if wanted is not None and wanted is not Compression.NONE and found is not wanted:
+            raise CorruptArchive(
+                f"the stream should be {NAMES[wanted]} data but starts with "
+                f"{preview(bytes(self._head))}",
+                "check the URL (an error page?) and what the origin serves, or give the "
+                "--format it has",
+            )
+        compression = wanted or found
         self._inner = make_decoder(compression, self._on_detect(compression), self._boundary)
         head = bytes(self._head)
         self._head.clear()

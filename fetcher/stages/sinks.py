@@ -123,11 +123,18 @@ def resumed_sink(state: SinkState, tree: SafeTree, file_name: str, wanted: Layou
     layout = Layout(state.layout)
     if wanted is not Layout.DETECT and layout not in (wanted, Layout.DETECT):
         raise StateError(f"the checkpoint's layout {layout.value} is not the {wanted.value} asked")
+    open_file = tree.state().open_file
     if layout is Layout.FILE:
-        if tree.state().open_file is None:
-            raise StateError("a single-file checkpoint without the file being written")
+        # One file holds every byte decoded so far, so its offset is all of them.
+        if open_file is None or open_file.offset != tree.bytes_written:
+            raise StateError("the single file's offset does not match the bytes extracted")
         return FileSink(tree, file_name, resumed=True)
     if layout is Layout.TAR:
+        assert state.tar is not None
+        if state.tar.in_file != (open_file is not None) or (
+            open_file is not None and open_file.offset + state.tar.remaining != open_file.size
+        ):
+            raise StateError("the tar reader and the file being written disagree")
         sink = TarSink(tree)
         sink.restore(state)
         return sink

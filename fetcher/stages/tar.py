@@ -9,16 +9,23 @@ hard links are extracted; everything else is refused.
 
 from __future__ import annotations
 
+import logging
 import math
 import tarfile
 
 from fetcher.errors import CorruptArchive, UnsafeArchive
+from fetcher.formats import preview
 from fetcher.stages.tree import SafeTree
 from fetcher.state.checkpoint import TarState
+
+log = logging.getLogger("model-fetch")
 
 BLOCK = 512
 _MAX_EXTENDED_HEADER = 1 << 20
 _MAX_MEMBER_SIZE = 1 << 62  # beyond any disk; a larger (or negative) size is a damaged header
+# After the end-of-archive block only padding to tar's record size follows (10 KiB by default,
+# at most a few MiB with a large blocking factor); a longer tail is not an archive's.
+MAX_TAIL = 4 << 20
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 
@@ -45,13 +52,16 @@ class TarReader:
         self._mtime: float | None = None
         self.ended = False
         self.members = 0
+        self.tail = 0  # bytes after the end-of-archive block
+        self.tail_data = False  # whether any of them is not zero
 
     def write(self, data: memoryview) -> None:
         pos = 0
         size = len(data)
         while pos < size:
             if self.ended:
-                return  # whatever follows the end-of-archive blocks is padding
+                self._after_end(data[pos:])
+                return
             if self._remaining:
                 taken = min(self._remaining, size - pos)
                 self._content(data[pos : pos + taken])
@@ -72,12 +82,31 @@ class TarReader:
                     self._header.clear()
                     self._on_header(block)
 
+    def _after_end(self, data: memoryview) -> None:
+        self.tail += len(data)
+        if not self.tail_data and data.tobytes().strip(b"\0"):
+            self.tail_data = True
+        if self.tail > MAX_TAIL:
+            raise CorruptArchive(
+                f"more than {MAX_TAIL} bytes follow the end of the tar archive",
+                "the archive is damaged or has something appended; refusing it",
+            )
+
     def close(self) -> None:
         if self._remaining or self._header or self._collecting is not None:
             name = self._overrides.get("path", "") or "a header"
             raise CorruptArchive(
                 f"tar stream ended inside {name!r}",
                 "the download was cut short or the archive is damaged",
+            )
+        if not self.ended:
+            raise CorruptArchive(
+                f"tar stream ended after {self.members} member(s) without its end-of-archive block",
+                "the download was cut short or the archive is damaged",
+            )
+        if self.tail_data:
+            log.warning(
+                "ignoring %d bytes after the end of the tar archive, as tar does", self.tail
             )
 
     def state(self) -> TarState:
@@ -118,6 +147,11 @@ class TarReader:
         try:
             info = tarfile.TarInfo.frombuf(block, _ENCODING, _ERRORS)
         except tarfile.HeaderError as error:
+            if not self.members and not self._overrides:
+                raise CorruptArchive(
+                    f"the stream should be a tar archive but starts with {preview(block)}",
+                    "check the URL (an error page?) or give the --format it has",
+                ) from None
             raise CorruptArchive(
                 f"bad tar header after {self.members} member(s): {error}",
                 "the archive is damaged, or --format names the wrong type",

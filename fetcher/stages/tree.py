@@ -81,6 +81,7 @@ class SafeTree:
         self._file_mode = 0
         self._file_parts: tuple[str, ...] = ()
         self._file_offset = 0
+        self._file_size = 0
         # Files a resumed run finds complete on disk: their content is read past, not rewritten.
         self._already_complete: dict[int, CompletedFile] = {}
         self._skipping = False
@@ -156,6 +157,7 @@ class SafeTree:
         self._file_mode = mode & _PERMISSION_BITS
         self._file_parts = parts
         self._file_offset = 0
+        self._file_size = size
         self._file_ordinal = ordinal
         done = self._already_complete.get(ordinal)
         if (
@@ -262,8 +264,13 @@ class SafeTree:
         """What a later run needs to carry on from here, files already flushed to disk."""
         open_file = None
         if self._file_fd is not None or self._skipping:
-            open_file = OpenFile(self._file_parts, self._file_mode, self._file_offset,
-                                 self._skipping)  # fmt: skip
+            open_file = OpenFile(
+                self._file_parts,
+                self._file_mode,
+                self._file_offset,
+                self._skipping,
+                self._file_size,
+            )
         return TreeState(
             self.bytes_written,
             self.files_written,
@@ -284,6 +291,7 @@ class SafeTree:
         member = "/".join(parts)
         self._file_parts, self._file_member = parts, member
         self._file_mode, self._file_offset = open_file.mode, open_file.offset
+        self._file_size = open_file.size
         self._skipping = open_file.skipping
         if self._skipping:
             return

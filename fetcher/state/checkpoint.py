@@ -135,10 +135,11 @@ class OpenFile:
     mode: int
     offset: int
     skipping: bool  # read past: it was already complete on disk
+    size: int  # what its header declared (0 for a single file, whose size is not known)
 
     def to_json(self) -> Json:
         return {"parts": list(self.parts), "mode": self.mode, "offset": self.offset,
-                "skipping": self.skipping}  # fmt: skip
+                "skipping": self.skipping, "size": self.size}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> OpenFile:
@@ -146,7 +147,7 @@ class OpenFile:
         if not parts or not all(isinstance(p, str) and p not in ("", ".", "..") for p in parts):
             raise StateError(f"{where}.parts is not a relative path")
         return cls(tuple(parts), _int(data, "mode", where), _int(data, "offset", where),
-                   _bool(data, "skipping", where))  # fmt: skip
+                   _bool(data, "skipping", where), _int(data, "size", where))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class DirMode:
 
 @dataclass(frozen=True)
 class TreeState:
-    VERSION = 1
+    VERSION = 2
     bytes_written: int
     files_written: int
     dir_modes: tuple[DirMode, ...] = ()

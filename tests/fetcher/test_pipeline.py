@@ -51,6 +51,7 @@ def _run(archive: bytes, root: Path, *, chunk_size: int, interval: float) -> Che
         stats=source.stats,
         halt=threading.Event(),
         window_size=1 << 20,
+        max_download=1 << 40,
     )
     assert stats.digest == hashlib.sha256(archive).hexdigest()
     assert stats.bytes == len(archive)
