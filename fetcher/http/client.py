@@ -10,6 +10,7 @@ import certifi
 import httpcore
 import httpx
 
+from fetcher.http.deadline import deadline_transport
 from fetcher.http.retry import OriginRefused
 from fetcher.urls import redact
 
@@ -52,7 +53,7 @@ def make_client(
         event_hooks={"response": [refuse_downgrade]},
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
         trust_env=True,  # HTTPS_PROXY and NO_PROXY, as clusters behind a proxy need
-        transport=transport,
+        transport=transport or deadline_transport(context),
     )
 
 

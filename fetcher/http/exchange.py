@@ -11,11 +11,14 @@ belong to) or one of these, raised:
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 
+from fetcher.http.deadline import head_deadline
 from fetcher.http.retry import RETRYABLE_STATUS, OriginRefused, Retryable, retry_after
 from fetcher.http.stores import Target, refusal
 from fetcher.urls import basename
@@ -126,3 +129,17 @@ def _unsatisfied_length(response: httpx.Response) -> int | None:
     if value.startswith("bytes */") and value[8:].isdigit():
         return int(value[8:])
     return None
+
+
+@contextlib.contextmanager
+def open_response(
+    client: httpx.Client, target: Target, headers: dict[str, str], head_budget: float
+) -> Iterator[httpx.Response]:
+    """GET target's URL, its response head within head_budget seconds; the body streams."""
+    request = client.build_request("GET", target.url, headers=headers)
+    with head_deadline(head_budget):
+        response = client.send(request, auth=target.auth, stream=True)
+    try:
+        yield response
+    finally:
+        response.close()

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from fetcher.http.exchange import Identity, NotSatisfiable, PreconditionFailed, read_answer
+from fetcher.http.exchange import (
+    Identity,
+    NotSatisfiable,
+    PreconditionFailed,
+    open_response,
+    read_answer,
+)
 from fetcher.http.retry import OriginRefused, Retryable, RetryPolicy, transport_errors_retryable
 from fetcher.http.stores import Target
 
@@ -49,7 +55,7 @@ def probe(
             if index in settled:
                 continue
             try:
-                return _probe_one(target, client, index)
+                return _probe_one(target, client, index, policy.read_timeout)
             except Retryable as error:
                 retryable[index] = error
                 why[index] = str(error)
@@ -77,12 +83,10 @@ def probe(
     return None
 
 
-def _probe_one(target: Target, client: httpx.Client, index: int) -> Probe:
+def _probe_one(target: Target, client: httpx.Client, index: int, head_budget: float) -> Probe:
     with (
         transport_errors_retryable(),
-        client.stream(
-            "GET", target.url, headers={"Range": "bytes=0-0"}, auth=target.auth
-        ) as response,
+        open_response(client, target, {"Range": "bytes=0-0"}, head_budget) as response,
     ):
         try:
             served = read_answer(response, target, first=0, last=0)

@@ -24,7 +24,13 @@ import httpx
 
 from fetcher.errors import Interrupted
 from fetcher.http.body import paced_body
-from fetcher.http.exchange import Identity, NotSatisfiable, PreconditionFailed, read_answer
+from fetcher.http.exchange import (
+    Identity,
+    NotSatisfiable,
+    PreconditionFailed,
+    open_response,
+    read_answer,
+)
 from fetcher.http.ratelimit import RateLimiter
 from fetcher.http.retry import OriginRefused, Retryable, RetryPolicy, transport_errors_retryable
 from fetcher.http.stores import Target, given_up_line, unreachable
@@ -290,8 +296,8 @@ class ParallelDownload:
             self.stats.requests += 1
         with (
             transport_errors_retryable(),
-            self._client.stream(
-                "GET", origin.target.url, headers=headers, auth=origin.target.auth
+            open_response(
+                self._client, origin.target, headers, self._policy.read_timeout
             ) as response,
         ):
             self._check(origin, response, start, end)

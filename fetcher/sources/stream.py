@@ -18,7 +18,13 @@ import httpx
 
 from fetcher.errors import Interrupted
 from fetcher.http.body import paced_body
-from fetcher.http.exchange import Identity, NotSatisfiable, PreconditionFailed, read_answer
+from fetcher.http.exchange import (
+    Identity,
+    NotSatisfiable,
+    PreconditionFailed,
+    open_response,
+    read_answer,
+)
 from fetcher.http.ratelimit import RateLimiter
 from fetcher.http.retry import (
     MAX_RETRY_AFTER,
@@ -139,7 +145,7 @@ class MirroredStream:
         self.stats.requests += 1
         with (
             transport_errors_retryable(),
-            self._client.stream("GET", target.url, headers=headers, auth=target.auth) as response,
+            open_response(self._client, target, headers, self._policy.read_timeout) as response,
         ):
             try:
                 served = read_answer(response, target, first=position, last=None)
