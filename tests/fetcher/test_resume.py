@@ -1,11 +1,12 @@
-"""kill -9 at seeded random moments, restart until done: the result is as if never killed."""
+"""Resuming after a stop: SIGTERM's checkpoint, and checkpoints the next run cannot use.
+
+kill -9 at exact points of the transfer is in test_kill.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -15,22 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.request import AUTO_CONNECTIONS
 from tests.fetcher.conftest import sha256
 from tests.support.archives import Tree, make_tree, py_archive, tree_snapshot, write_tree
 from tests.support.origin import Faults, Origin
 
-KILLS = 20
-CLEAN_RUN_SECONDS = 6.0  # each archive is paced to take this long uninterrupted
 RATE = 2_000_000  # bytes/s for the single-purpose tests below
 BUFFER = 2 << 20
-# What a kill may cost, as a share of what the killed attempts fetched. A fetcher that started
-# over from byte 0 would lose all of it (1.0); this one loses what arrived since its last
-# checkpoint, plus, on one connection, the bytes since the last frame or member boundary.
-# Measured 21% to 53% across runs and cases; the margin is for a loaded CI machine, whose
-# slower checkpoints lose more per kill, and stays well clear of a restart from byte 0.
-MAX_SHARE_LOST = 0.8
-RESUMED_AT = re.compile(r"resuming from a checkpoint: byte (\d+)")
 
 
 @dataclass(frozen=True)
@@ -38,35 +29,19 @@ class Case:
     name: str
     archive: bytes
     expected: Tree | bytes
-    resumable: bool  # False: only byte 0 is a restart point (one zstd frame)
 
 
 def _cases() -> list[Case]:
     tree = make_tree(seed=11, n_files=40, total_bytes=9_000_000)
     raw = random.Random(5).randbytes(8_000_000)
     return [
-        Case("raw file", raw, raw, True),
-        Case("tar", py_archive(tree, "none"), tree, True),
-        # Frames and members of ~1% of the archive: each attempt fetches ~5% of it before its
-        # kill, so a single stream (which keeps nothing past its restart point) gets past one.
-        Case("multi-frame tar.zst", py_archive(tree, "zst", parts=64), tree, True),
-        Case("multi-member tar.gz", py_archive(tree, "gz", parts=64), tree, True),
-        Case("single-frame tar.zst", py_archive(tree, "zst"), tree, False),
+        Case("raw file", raw, raw),
+        Case("tar", py_archive(tree, "none"), tree),
+        Case("multi-frame tar.zst", py_archive(tree, "zst", parts=64), tree),
     ]
 
 
 CASES = _cases()
-# auto starts on one connection and goes parallel mid-run, so kills land before, during and
-# after the hand-over. Formats that resume at any byte show that the hand-over loses nothing;
-# the single frame, that a restart from byte 0 is still right. (Before the hand-over a single
-# stream keeps nothing past its last frame, which the "1" runs already cover.)
-AUTO_CASES = ("raw file", "tar", "single-frame tar.zst")
-RUNS = [
-    pytest.param(case, connections, id=f"{connections}-{case.name}")
-    for connections in ("1", "4", "auto")
-    for case in CASES
-    if connections != "auto" or case.name in AUTO_CASES
-]
 
 
 def _command(url: str, out: Path, digest: str, extra: list[str]) -> list[str]:
@@ -75,76 +50,6 @@ def _command(url: str, out: Path, digest: str, extra: list[str]) -> list[str]:
         "--max-disk-buffer", str(BUFFER),
         "--checkpoint-interval", "0.1", "--retry-wait", "0.05", *extra,
     ]  # fmt: skip
-
-
-@pytest.mark.parametrize(("case", "connections"), RUNS)
-def test_sigkill_at_random_moments_then_restart_until_done(
-    tmp_path: Path, case: Case, connections: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    chooser = random.Random(f"{case.name}/{connections}")
-    digest = sha256(case.archive)
-    out = tmp_path / "out"
-    extra = ["--connections", connections]
-    if case.name == "raw file":
-        extra += ["--format", "none"]
-    kills = 0
-    logs: list[str] = []
-    with Origin() as origin:
-        # The origin paces itself: with a client-side cap the kernel's socket buffers would
-        # fill with megabytes that each kill throws away, hiding what the fetcher re-requests.
-        # Paced per response, so the total stays the same whatever the connection count, and
-        # slow enough that all twenty kills land before the fetch could finish.
-        most = AUTO_CONNECTIONS if connections == "auto" else int(connections)
-        pace = len(case.archive) / CLEAN_RUN_SECONDS / most
-        origin.add("/model", case.archive, faults=Faults(drip_bytes_per_s=pace))
-        command = _command(origin.url("/model"), out, digest, extra)
-        while kills < KILLS:
-            # Parallel runs change --chunk-size between attempts: the checkpoint records byte
-            # ranges, so a different grid still reuses what the part file holds.
-            chunk = ["--chunk-size", chooser.choice(["192K", "256K", "320K"])]
-            process = subprocess.Popen(command + chunk, stderr=subprocess.PIPE, text=True)
-            time.sleep(chooser.uniform(0.25, 0.7))
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
-            logs.append(process.communicate()[1])
-            assert process.returncode in (0, -signal.SIGKILL), logs[-1]
-            if process.returncode == 0:
-                break
-        with contextlib.suppress(TimeoutError):
-            origin.wait_idle()  # the killed attempts' answers are all counted
-        killed = origin.bytes_sent("/model")
-        final = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        logs.append(final.stderr)
-        fetched = origin.bytes_sent("/model")
-    assert kills == KILLS
-    assert final.returncode == 0, final.stderr
-    assert f"sha256 {digest} verified" in "".join(logs)
-    if isinstance(case.expected, bytes):
-        assert (out / "model").read_bytes() == case.expected
-    else:
-        snapshot = tree_snapshot(out)
-        snapshot.pop(".model-fetch.json")
-        assert snapshot == tree_snapshot(write_tree(case.expected, tmp_path / "expected"))
-    assert not (out / ".model-fetch").exists()
-    # Fetched twice: what the killed attempts fetched and a later one fetched again.
-    lost = fetched - len(case.archive)
-    resumed_at = [int(found) for text in logs for found in RESUMED_AT.findall(text)]
-    with capsys.disabled():
-        print(
-            f"\n  {case.name}, {connections} connection(s): {kills} kills, "
-            f"{fetched:,} bytes fetched for a {len(case.archive):,}-byte archive "
-            f"({fetched / len(case.archive):.2f}x); the killed attempts fetched {killed:,}, "
-            f"{lost:,} of them again ({lost / killed:.0%}); the last run resumed at byte "
-            f"{resumed_at[-1] if resumed_at else 0:,}"
-        )
-    if case.resumable:
-        assert lost <= MAX_SHARE_LOST * killed, f"{lost:,} of {killed:,} bytes fetched again"
-        assert resumed_at == sorted(resumed_at), "a resume went back"
-        assert RESUMED_AT.findall(final.stderr) == [str(resumed_at[-1])]
-        assert resumed_at[-1] > 0
-    else:
-        assert "can only restart at byte 0" in "".join(logs)
 
 
 def _stop_midway(command: list[str], origin: Origin, path: str, at: int) -> str:

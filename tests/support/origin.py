@@ -23,6 +23,14 @@ Behaviour, in the order the server decides it for each request to a known path:
 5. Body faults on GET: ``drop_after``, ``stall_after``, ``lie_content_length``,
    ``drip_bytes_per_s``, ``first_byte_delay``.
 
+6. ``Origin.on_body_progress`` hooks (progress-driven faults): before each body write to a
+   watched path, from the handler thread, the hook gets the body bytes sent for that path
+   since it was set, summed over all connections; returning False closes the connection
+   instead of writing. ``Origin.kill_after`` sets one that SIGKILLs a client process once
+   that many bytes have gone out, so a test kills at an exact point of the transfer whatever
+   the machine's speed. A watched path is written in pieces of at most 64 KiB, so the hook
+   is asked often enough to act within that many bytes of its threshold.
+
 Unknown paths answer 404. Every request is logged in ``Origin.requests``. ``Origin.add_file``
 serves a file from disk (mapped, not read into memory), for payloads too large to hold.
 """
@@ -35,14 +43,17 @@ import enum
 import hashlib
 import http.server
 import mmap
+import os
 import re
 import select
+import signal
 import socket
 import struct
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -50,7 +61,7 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit
 
-__all__ = ["AUTO", "Faults", "Origin", "RequestRecord"]
+__all__ = ["AUTO", "BodyHook", "Faults", "KillSwitch", "Origin", "RequestRecord"]
 
 
 class _Auto(enum.Enum):
@@ -61,6 +72,7 @@ AUTO: Literal[_Auto.AUTO] = _Auto.AUTO
 """Default for ``Origin.add``'s ``etag`` and ``last_modified``: derive one from the data."""
 
 _CHUNK = 256 * 1024
+_WATCHED_CHUNK = 64 * 1024
 _DRIP_TICK_S = 0.02
 _POLL_S = 0.02
 
@@ -109,6 +121,48 @@ class Faults:
     ignore_preconditions: bool = False
     """Answer as if ``If-Match`` and ``If-Unmodified-Since`` were not sent, as some caches and
     old servers do: only the validators on the answer tell the client what it got."""
+
+
+BodyHook = Callable[[int], bool]
+"""Called before each body write to a watched path with the body bytes sent for the path since
+the hook was set (all connections); True lets the write go ahead, False closes the connection
+instead. Calls are serialized, one at a time, so a hook may keep state without a lock."""
+
+
+@dataclass
+class KillSwitch:
+    """A ``BodyHook`` that SIGKILLs ``pid`` once ``after_bytes`` body bytes have been sent.
+
+    It kills synchronously, before the write that would cross the threshold, and from then
+    on closes every connection to the path unwritten: the client dies busy, having been sent
+    at most ``after_bytes`` plus one write per connection already under way.
+    """
+
+    pid: int
+    after_bytes: int
+    fired_at: int | None = None
+    """Body bytes sent when it fired; None while it has not."""
+
+    @property
+    def fired(self) -> bool:
+        return self.fired_at is not None
+
+    def __call__(self, sent: int) -> bool:
+        if self.fired_at is not None:
+            return False
+        if sent < self.after_bytes:
+            return True
+        with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
+            os.kill(self.pid, signal.SIGKILL)
+        self.fired_at = sent
+        return False
+
+
+@dataclass
+class _Watch:
+    hook: BodyHook
+    sent: int = 0
+    """Body bytes let through since the hook was set, counted when the write is allowed."""
 
 
 @dataclass
@@ -343,6 +397,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             n = min(chunk, limit - pos)
+            allowed = origin._may_write(record.path, n)
+            if allowed is None:
+                self.close_connection = True
+                return
+            n = allowed
             self.wfile.write(body[pos : pos + n])
             pos += n
             origin._add_bytes(record, n)
@@ -389,6 +448,8 @@ class Origin:
         self._resets: set[socket.socket] = set()
         self._errors: list[BaseException] = []
         self._stopping = threading.Event()
+        self._watches: dict[str, _Watch] = {}
+        self._hook_lock = threading.Lock()  # serializes hook calls; never held with _lock
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -516,6 +577,27 @@ class Origin:
             entry = self._files[self._norm(path)]
             return self._current_etag(entry, entry.count + 1)
 
+    # progress hooks
+
+    def on_body_progress(self, path: str, hook: BodyHook | None) -> None:
+        """Call ``hook`` before each body write to ``path`` (see ``BodyHook``); None removes it.
+
+        The count starts from zero at every call. Hooks run on handler threads and must be
+        quick; they may read the origin (``bytes_sent``, ``requests``) but not set hooks.
+        """
+        path = self._norm(path)
+        with self._hook_lock:
+            if hook is None:
+                self._watches.pop(path, None)
+            else:
+                self._watches[path] = _Watch(hook)
+
+    def kill_after(self, path: str, after_bytes: int, pid: int) -> KillSwitch:
+        """SIGKILL ``pid`` once ``after_bytes`` more body bytes of ``path`` have been sent."""
+        switch = KillSwitch(pid, after_bytes)
+        self.on_body_progress(path, switch)
+        return switch
+
     # request log
 
     @property
@@ -600,6 +682,18 @@ class Origin:
     def _set_status(self, record: RequestRecord, status: int) -> None:
         with self._lock:
             record.status = status
+
+    def _may_write(self, path: str, n: int) -> int | None:
+        """How many of the next ``n`` body bytes of ``path`` to write; None: close instead."""
+        with self._hook_lock:
+            watch = self._watches.get(path)
+            if watch is None:
+                return n
+            if not watch.hook(watch.sent):
+                return None
+            n = min(n, _WATCHED_CHUNK)
+            watch.sent += n
+            return n
 
     def _add_bytes(self, record: RequestRecord, n: int) -> None:
         with self._lock:
