@@ -29,11 +29,31 @@ def _remaining(timeout: float | None) -> float | None:
         return timeout
     left = deadline - time.monotonic()
     if left <= 0:
-        raise httpcore.ReadTimeout(
-            f"the response did not arrive within {_local.budget:.0f}s (the origin is too slow "
-            "to answer, or trickles its headers)"
-        )
+        raise _too_late()
     return left if timeout is None else min(timeout, left)
+
+
+def _too_late() -> httpcore.ReadTimeout:
+    return httpcore.ReadTimeout(
+        f"the response did not arrive within {_local.budget:g}s: the origin is too slow to "
+        "answer, or trickles its headers"
+    )
+
+
+def _past_deadline() -> bool:
+    deadline: float | None = getattr(_local, "deadline", None)
+    return deadline is not None and time.monotonic() >= deadline
+
+
+@contextlib.contextmanager
+def _said_when_late() -> Iterator[None]:
+    """A timeout that the deadline imposed is reported as the deadline's."""
+    try:
+        yield
+    except httpcore.TimeoutException:
+        if _past_deadline():
+            raise _too_late() from None
+        raise
 
 
 @contextlib.contextmanager
@@ -52,10 +72,12 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _remaining(timeout))
+        with _said_when_late():
+            return self._inner.read(max_bytes, _remaining(timeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _remaining(timeout))
+        with _said_when_late():
+            self._inner.write(buffer, _remaining(timeout))
 
     def close(self) -> None:
         self._inner.close()
@@ -66,9 +88,9 @@ class _DeadlineStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        return _DeadlineStream(
-            self._inner.start_tls(ssl_context, server_hostname, _remaining(timeout))
-        )
+        with _said_when_late():
+            inner = self._inner.start_tls(ssl_context, server_hostname, _remaining(timeout))
+        return _DeadlineStream(inner)
 
     def get_extra_info(self, info: str) -> typing.Any:
         return self._inner.get_extra_info(info)

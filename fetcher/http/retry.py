@@ -50,7 +50,10 @@ def transport_errors_retryable() -> Iterator[None]:
     except httpx.TooManyRedirects:
         raise OriginRefused("it redirects in a loop (more than 10 redirects)") from None
     except httpx.TimeoutException as error:
-        raise Retryable(f"timed out ({type(error).__name__})") from None
+        detail = str(error)
+        if not detail or detail == "timed out":
+            detail = type(error).__name__
+        raise Retryable(f"timed out ({detail})") from None
     except httpx.TransportError as error:
         raise Retryable(f"connection failed: {error or type(error).__name__}") from None
 

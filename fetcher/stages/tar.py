@@ -93,6 +93,12 @@ class TarReader:
             )
 
     def close(self) -> None:
+        if not self.members and self._header and not self._overrides:
+            raise CorruptArchive(
+                f"the stream should be a tar archive but is {len(self._header)} bytes long and "
+                f"starts with {preview(bytes(self._header))}",
+                "check the URL (an error page?) or give the --format it has",
+            )
         if self._remaining or self._header or self._collecting is not None:
             name = self._overrides.get("path", "") or "a header"
             raise CorruptArchive(

@@ -50,9 +50,10 @@ class Checkpointer:
         self._every_bytes = every_bytes
         self._flush = flush
         now = time.monotonic()
-        # Without a restore point yet, the first restorable point is saved at once: then a
-        # checkpoint without one means that no boundary had been passed, which the log says.
-        self._last_restore_at = now if checkpoint.restore else -math.inf
+        # The first restorable point of every run is saved at once. Without a restore point
+        # yet, a checkpoint without one then means that no boundary had been passed (which the
+        # log says); and a run killed again soon after it resumed still keeps what it did.
+        self._last_restore_at = -math.inf
         self._last_restore_position = checkpoint.position
         self._last_save_at = now
         self.restore_saves = 0
