@@ -15,6 +15,7 @@ from typing import Literal, cast
 from webhook.core.bodies import AddOperation, AdmissionRequest, AdmissionResponse, AdmissionReview
 from webhook.core.errors import MalformedReview, Refused
 from webhook.core.injection import mutate_pod
+from webhook.core.redact import redact
 from webhook.core.settings import Settings
 from webhook.core.workloads import pod_template
 
@@ -131,7 +132,7 @@ def _allow(
         response["patchType"] = "JSONPatch"
         response["patch"] = encode_patch(patch)
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = [redact(warning) for warning in warnings]
     return Outcome(_wrap(response), decision, request, models)
 
 
