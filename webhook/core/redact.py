@@ -99,20 +99,22 @@ def _redact_parameter(match: re.Match[str]) -> str:
 
 
 def _userinfo_end(rest: str) -> int:
-    """Where the host starts in `rest` (the URL after `://`), past any userinfo; 0 if none."""
-    stop = len(rest)
-    for mark in "?#":
-        position = rest.find(mark)
-        if position != -1:
-            stop = min(stop, position)
-    head = rest[:stop]
-    slash = head.find("/")
-    authority = head if slash == -1 else head[:slash]
+    """Where the host starts in `rest` (the URL after `://`), past any userinfo; 0 if none.
+
+    The authority ends at the first '/': a '?' or '#' there may be in a password, so they do not
+    end it. A password with a raw '/' ends it early (`user:pa/ss@host`): a ':' followed by
+    something that is not a port, then an '@' further on, is taken for userinfo all the same.
+    """
+    slash = rest.find("/")
+    authority = rest if slash == -1 else rest[:slash]
     if "@" in authority:
         return authority.rindex("@") + 1
-    # `user:pa/ss@host`: a password with a raw '/' ends the authority early; a ':' followed by
-    # something that is not a port, then an '@' later on, is taken for userinfo all the same.
     colon = authority.find(":")
-    if colon != -1 and "@" in head and not authority[colon + 1 :].isdigit():
-        return head.rindex("@") + 1
+    if (
+        colon != -1
+        and not authority.startswith("[")  # an IPv6 literal
+        and not authority[colon + 1 :].isdigit()
+        and "@" in rest
+    ):
+        return rest.rindex("@") + 1
     return 0
