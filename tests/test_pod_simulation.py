@@ -343,7 +343,7 @@ def test_deployment_pod_gets_its_model_through_the_injected_init_container(
         # readable in `kubectl describe pod`.
         assert restricted_violations(pod, "model-fetch") == []
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert container["terminationMessagePolicy"] == "File"
         resources = container["resources"]
         assert set(resources["requests"]) >= {"cpu", "memory", "ephemeral-storage"}
         assert set(resources["limits"]) == {"cpu", "memory"}  # no ephemeral-storage limit
@@ -489,6 +489,18 @@ def test_https_origin_trusted_through_the_ca_bundle_configmap(
     assert probe_app(kubelet, "metrics", "/models")["files"].keys() >= _expected_files().keys()
 
 
+def failure_reason(result: ContainerResult) -> str:
+    """The termination message of a failed fetch: with terminationMessagePolicy File, exactly
+    what model-fetch wrote to /dev/termination-log (its last line and its exit code)."""
+    message = result.termination_message.strip()
+    assert message, (
+        "model-fetch wrote nothing to /dev/termination-log; with terminationMessagePolicy File "
+        f"`kubectl describe pod` would show no reason. Its stderr:\n{result.stderr}"
+    )
+    assert str(result.returncode) in message, message
+    return message
+
+
 def test_checksum_mismatch_fails_the_init_container_with_a_readable_message(
     tmp_path: Path, webhook: Webhook, images: dict[str, Image], archive: bytes
 ) -> None:
@@ -503,12 +515,11 @@ def test_checksum_mismatch_fails_the_init_container_with_a_readable_message(
         fetched = kubelet.run("model-fetch")
 
     assert fetched.returncode == 3, fetched.stderr
-    # `kubectl describe pod` shows the tail of the log (FallbackToLogsOnError); its last line
-    # says what went wrong.
-    last = json.loads(fetched.termination_message.splitlines()[-1])
-    assert last["level"] == "error"
-    assert wrong in last["msg"], last
-    assert "sha256" in last["msg"] or "checksum" in last["msg"], last
+    # `kubectl describe pod` shows what the fetcher wrote to /dev/termination-log (policy File):
+    # its last line, which says what went wrong, and the exit code.
+    reason = failure_reason(fetched)
+    assert wrong in reason, reason
+    assert "sha256" in reason or "checksum" in reason, reason
     # Nothing that looks like a finished model is left for the app containers.
     assert not (kubelet.volume_dir("model") / ".model-fetch.json").exists()
 
@@ -608,9 +619,10 @@ def test_s3_source_signed_with_keys_from_the_credentials_secret(
             denied_pod, tmp_path / "other", images=images, secrets=secrets, config_maps=_root_ca()
         ).run("model-fetch")
         assert denied.returncode == 5, denied.stderr
-        last = json.loads(denied.termination_message.splitlines()[-1])
-        assert f"s3://{BUCKET}/{OBJECT_KEY}: access denied" in last["msg"]
-        assert "s3:GetObject" in last["msg"]
+        reason = failure_reason(denied)
+        assert f"s3://{BUCKET}/{OBJECT_KEY}: access denied" in reason, reason
+        assert "s3:GetObject" in reason, reason
+        assert s3.outsider[1] not in reason
         assert s3.outsider[1] not in denied.stdout + denied.stderr
 
     seen = probe_app(kubelet, "server", "/models")

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from webhook.core.errors import MalformedReview
+from webhook.core.redact import redact
 from webhook.core.review import Outcome, Reviewer, mutate_review, validate_review
 from webhook.core.settings import Settings
 from webhook.logs import ADMISSION_LOGGER
@@ -59,7 +60,7 @@ class AdmissionEndpoint:
         except MalformedReview as error:
             self.metrics.observe(self.endpoint, "malformed", time.perf_counter() - started)
             log.warning("malformed admission review", extra={"fields": {"error": str(error)}})
-            await _send_json(send, 400, orjson.dumps({"error": str(error)}))
+            await _send_json(send, 400, orjson.dumps({"error": redact(str(error))}))
             return
         except Exception:
             self.metrics.observe(self.endpoint, "error", time.perf_counter() - started)

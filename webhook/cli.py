@@ -11,6 +11,7 @@ import pydantic
 import yaml
 
 from webhook.core.errors import MalformedReview, Refused
+from webhook.core.redact import redact
 from webhook.core.settings import Settings
 
 
@@ -53,18 +54,25 @@ def _render(filename: str, settings: Settings) -> int:
         text = sys.stdin.read() if filename == "-" else Path(filename).read_text(encoding="utf-8")
         output, warnings = render_documents(text, settings)
     except OSError as error:
-        print(f"model-webhook: cannot read {filename}: {error}", file=sys.stderr)
+        _error(f"model-webhook: cannot read {filename}: {error}")
         return 2
     except yaml.YAMLError as error:
-        print(f"model-webhook: {filename} is not YAML or JSON: {error}", file=sys.stderr)
+        # A YAML error quotes the offending line, which may be anything the file holds.
+        _error(f"model-webhook: {filename} is not YAML or JSON: {error}")
         return 2
     except MalformedReview as error:
-        print(f"model-webhook: {filename}: {error}", file=sys.stderr)
+        _error(f"model-webhook: {filename}: {error}")
         return 2
     except Refused as refused:
-        print(f"refused: {refused.message}", file=sys.stderr)
+        _error(f"refused: {refused.message}")
         return 1
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        _error(f"warning: {warning}")
+    # The object itself is printed as it is: a model URL that carries a secret is refused above,
+    # and the user's own fields are theirs to print.
     sys.stdout.write(output)
     return 0
+
+
+def _error(line: str) -> None:
+    print(redact(line), file=sys.stderr)

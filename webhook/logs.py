@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from webhook.core.redact import redact
+
 ADMISSION_LOGGER = "webhook.admission"
 
 
@@ -23,17 +25,28 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            line.update(fields)
+            line.update({name: _redacted(value) for name, value in fields.items()})
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = redact(self.formatException(record.exc_info))
         try:
             return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
         except TypeError:  # what orjson refuses (an integer beyond 64 bits), json still writes
             return json.dumps(line, default=str)
+
+
+def _redacted(value: object) -> object:
+    """A field with no secret a URL carried: every string in it redacted, before encoding."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _redacted(item) for name, item in value.items()}
+    return value
 
 
 def configure_logging(level: str) -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from webhook.core.redact import redact
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class WebhookMetrics:
+    """Label values go through redact() like every text the webhook writes (they are looked up
+    once each, so it costs nothing per request)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
@@ -40,17 +45,17 @@ class WebhookMetrics:
         key = (endpoint, result)
         requests = self._requests.get(key)
         if requests is None:
-            requests = self._requests[key] = self.requests.labels(endpoint, result)
+            requests = self._requests[key] = self.requests.labels(redact(endpoint), redact(result))
         requests.inc()
         latency = self._latency.get(endpoint)
         if latency is None:
-            latency = self._latency[endpoint] = self.latency.labels(endpoint)
+            latency = self._latency[endpoint] = self.latency.labels(redact(endpoint))
         latency.observe(seconds)
 
     def injected(self, namespace: str) -> None:
         injections = self._injections.get(namespace)
         if injections is None:
-            injections = self._injections[namespace] = self.injections.labels(namespace)
+            injections = self._injections[namespace] = self.injections.labels(redact(namespace))
         injections.inc()
 
     def exposition(self) -> bytes:

@@ -40,6 +40,7 @@ from tests.e2e.cluster import (
     WEBHOOK_NAMESPACE,
     WEBHOOK_SELECTOR,
     Kube,
+    fail_with_evidence,
 )
 from tests.e2e.objects import (
     BAD_SHA256,
@@ -394,3 +395,41 @@ def test_the_config_map_limits_are_the_apiservers(model: Model) -> None:
         obj for obj in origin_objects(os.urandom(1024 * 1024 + 1)) if obj["kind"] == "ConfigMap"
     ]
     assert any("binaryData" in problem for problem in config_map_problems(too_big))
+
+
+# --- what the e2e tests leave behind them, and say when they fail --------------------------
+
+
+def all_pod_specs(model: Model) -> list[tuple[str, dict[str, Any]]]:
+    specs = []
+    for name, obj in [*workloads(model).items(), ("webhook_probe", webhook_probe())]:
+        template = pod_template(obj, group_of(obj), obj["kind"])
+        assert template is not None, name
+        specs.append((name, template["spec"]))
+    for obj in origin_objects(model.archive):
+        if obj["kind"] == "Deployment":
+            specs.append(("origin", obj["spec"]["template"]["spec"]))
+    return specs
+
+
+def test_every_e2e_pod_is_deleted_in_a_second_or_two(model: Model) -> None:
+    """Their PID 1 (`sleep`, `python -m http.server`) ignores SIGTERM, so each deletion waits
+    the whole grace period: the default 30 s per pod, many times over a run."""
+    specs = all_pod_specs(model)
+    assert {name for name, _ in specs} >= {"origin", "llm", "bad_pod", "webhook_probe"}
+    for name, spec in specs:
+        assert 0 < spec.get("terminationGracePeriodSeconds", 30) <= 2, name
+
+
+def test_a_stuck_pod_fails_with_the_whole_describe_and_events(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    describe = "Name: llm-1\n" + "".join(f"  line {n}\n" for n in range(5000)) + "Events: X\n"
+    events = "".join(f"event {n}\n" for n in range(3000))
+    with pytest.raises(AssertionError) as caught:
+        fail_with_evidence("1 ready pods not reached", {"describe": describe, "events": events})
+    printed = capsys.readouterr().out
+    for text in (str(caught.value), printed):
+        assert text.startswith("1 ready pods not reached\n----- describe\nName: llm-1\n")
+        assert describe.rstrip() in text
+        assert events.rstrip() in text

@@ -19,6 +19,7 @@ from tests.deploy.support import (
     selector_matches,
     settings_from,
 )
+from webhook.core.hints import MAX_PREFIX_LENGTH_CHANGE
 from webhook.core.quantities import parse_quantity
 from webhook.core.settings import ENV_PREFIX, Settings
 from webhook.core.workloads import TEMPLATE_PATHS
@@ -241,6 +242,33 @@ def test_match_conditions_look_at_the_right_annotations_with_the_configured_pref
             step = ".".join(steps[:end])
             if step != "object.metadata":
                 assert f"has({step})" in expression, f"{hook['name']}: has({step}) missing"
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_workloads_are_also_sent_for_misplaced_keys_and_near_miss_prefixes(
+    rendered: dict[str, list[Manifest]], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/validate warns about both (webhook.core.hints); the apiserver must call it for them."""
+    prefix = settings_from(only(rendered[name], "ConfigMap"), monkeypatch).annotation_prefix
+    source = f"{prefix}/source"
+    shortest = len(source) - MAX_PREFIX_LENGTH_CHANGE
+    longest = len(source) + MAX_PREFIX_LENGTH_CHANGE
+    validating = only(rendered[name], "ValidatingWebhookConfiguration")
+    for hook in validating["webhooks"]:
+        (condition,) = hook["matchConditions"]
+        expression = " ".join(condition["expression"].split())
+        # The workload's own metadata: its keys are warned about, never refused.
+        assert (
+            "(has(object.metadata.annotations) && "
+            f"object.metadata.annotations.exists(k, k.startsWith('{prefix}/')))"
+        ) in expression, hook["name"]
+        # A template key that may be `source` under a misspelt prefix: the same length as
+        # `<prefix>/source`, give or take the edits the webhook forgives.
+        assert (
+            f".exists(k, k.endsWith('/source') && k.size() >= {shortest} && k.size() <= {longest})"
+        ) in expression, hook["name"]
+        for typo in ("model.example.com", "models.example.org", "models.exampel.com"):
+            assert shortest <= len(f"{typo}/source") <= longest
 
 
 @pytest.mark.parametrize("name", RENDERS)

@@ -7,10 +7,10 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -46,6 +46,18 @@ def missing_docker() -> str | None:
         why = lines[-1] if lines else f"exit status {info.returncode}"
         return f"needs Docker: `docker info` failed, so there is no engine ({why})"
     return None
+
+
+def fail_with_evidence(summary: str, evidence: Mapping[str, str]) -> NoReturn:
+    """Fail with what the cluster said, whole: `kubectl describe` and the events are the reason
+    a pod is stuck, and their useful part is anywhere in them.
+
+    Each section is printed to stdout (pytest shows a failed test's captured output in full, at
+    any verbosity) and is also the assertion message, untruncated, for a reader of the exception.
+    """
+    sections = "".join(f"\n----- {title}\n{text.rstrip()}\n" for title, text in evidence.items())
+    print(f"{summary}{sections}")
+    raise AssertionError(f"{summary}{sections}")
 
 
 def run(command: Sequence[str], *, timeout: float = 600, input_text: str | None = None) -> str:
@@ -160,11 +172,15 @@ class Kube:
             time.sleep(1)
         describe = self.run("describe", "pods", "-n", namespace, "-l", selector, check=False)
         events = self.run("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
-        raise AssertionError(
+        fail_with_evidence(
             f"{count} ready pods matching {selector} in {namespace} not reached "
             f"in {timeout:.0f} s; "
-            f"have {[(p['metadata']['name'], is_ready(p)) for p in pods]}\n"
-            f"{describe.stdout[-6000:]}\n{events.stdout[-3000:]}"
+            f"have {[(p['metadata']['name'], is_ready(p)) for p in pods]}",
+            {
+                f"kubectl describe pods -n {namespace} -l {selector}": describe.stdout
+                + describe.stderr,
+                f"kubectl get events -n {namespace}": events.stdout + events.stderr,
+            },
         )
 
     def exec(

@@ -84,7 +84,7 @@ def pytest_runtest_makereport(
             ("events", ["get", "events", "-n", MODELS_NAMESPACE, "--sort-by=.lastTimestamp"]),
         ):  # fmt: skip
             result = kube.run(*args, check=False, timeout=30)
-            report.sections.append((title, (result.stdout + result.stderr)[-6000:]))
+            report.sections.append((title, result.stdout + result.stderr))
     return report
 
 

@@ -22,6 +22,8 @@ PREFIX = "models.example.com"
 MOUNT = "/models"  # the webhook's default mount path (MODEL_INJECTOR_DEFAULT_MOUNT_PATH)
 CLAIM_NAME = "model-cache"
 BAD_SHA256 = "not-a-digest"
+# The test pods' PID 1 ignores SIGTERM, so a deletion always waits the whole grace period.
+GRACE_SECONDS = 1
 
 # What the apiserver accepts: a ConfigMap's data plus binaryData (decoded) of at most 1 MiB, all
 # annotations of an object at most 256 KiB together, and etcd's request limit (1.5 MiB) on the
@@ -103,6 +105,9 @@ def origin_objects(archive: bytes) -> list[Manifest]:
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
+                        # python as PID 1 has no SIGTERM handler, so the kernel ignores the
+                        # signal: without this each deletion waits the default 30 s.
+                        "terminationGracePeriodSeconds": GRACE_SECONDS,
                         "containers": [
                             {
                                 "name": "http",
@@ -185,7 +190,8 @@ def model_annotations(model: Model, **extra: str) -> dict[str, str]:
 def pod_spec() -> dict[str, Any]:
     """An app container that only waits, restricted, from an image already in the cluster."""
     return {
-        "terminationGracePeriodSeconds": 2,
+        # `sleep` as PID 1 ignores SIGTERM (no handler): the kubelet kills it after the grace.
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [
             {

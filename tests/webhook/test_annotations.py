@@ -53,7 +53,8 @@ def fetch_of(annotations: dict[str, str], settings: Settings = DEFAULTS) -> dict
         ),
         (
             {"source": "https://user:pw@models.example.com/m.tar"},
-            "expected a URL without user or password (use credentials-secret instead)",
+            "expected a URL without user or password: it would be written into the pod spec in "
+            "clear text; put the credentials in a Secret and name it in credentials-secret",
         ),
         ({"source": "https://models.example.com:99999/m"}, "expected a well-formed https:// URL"),
         ({"source": "https://models.example.com:0/m"}, "with a valid host and port"),

@@ -148,7 +148,7 @@ def test_a_pod_volume_named_like_the_credentials_volume_is_a_collision() -> None
         ),
         (
             model_annotations(source="s3://key:secret@ml-models/m.tar.zst"),
-            "expected a URL without user or password (use credentials-secret instead)",
+            "expected a URL without user or password: it would be written into the pod spec",
         ),
         (
             model_annotations(source="https://cdn.example.com/m", s3_region="eu-west-1"),

@@ -28,6 +28,7 @@ from webhook.core.quantities import (
     is_positive_quantity,
     parse_quantity,
 )
+from webhook.core.redact import redact
 from webhook.core.settings import Settings
 from webhook.core.urls import is_http, scheme_of, url_problem
 
@@ -93,28 +94,25 @@ def parse_models(annotations: Mapping[str, str], settings: Settings) -> ParsedMo
         rest = full_key.removeprefix(prefix)
         if rest == STATUS:
             continue
-        model, dot, key = rest.partition(".")
-        if not dot:
-            model, key = DEFAULT_MODEL, rest
-        elif model == DEFAULT_MODEL:
+        model_key = _model_and_key(prefix, full_key, rest, value)
+        if isinstance(model_key, str):
+            problems.append(model_key)
+            continue
+        model, key = model_key
+        # A YAML `|` block ends in a newline, `>-` with indentation may lead with spaces: what
+        # surrounds the value is dropped, for every key alike, before any check or any use.
+        clean = value.strip()
+        if not clean.isprintable():
             problems.append(
-                f"{full_key}: the model name {DEFAULT_MODEL!r} is reserved; expected the "
-                f"unnamed key {prefix}{key} for the default model"
+                invalid_value(
+                    full_key,
+                    clean,
+                    "a single line (the value has an interior newline, tab or other control "
+                    "character)",
+                )
             )
             continue
-        elif len(model) > _MAX_MODEL_NAME or not _DNS_LABEL.match(model):
-            problems.append(
-                f"{full_key}: {json.dumps(model)} is not a valid model name; expected lower-case "
-                f"letters, digits and '-', at most {_MAX_MODEL_NAME} characters"
-            )
-            continue
-        if key not in MODEL_KEYS:
-            problems.append(
-                f"{full_key}: unknown annotation key (value {json.dumps(value)}); expected one of "
-                f"{', '.join(MODEL_KEYS)}, optionally as <model>.<key>"
-            )
-            continue
-        grouped.setdefault(model, {})[key] = value
+        grouped.setdefault(model, {})[key] = clean
 
     if not any("source" in keys for keys in grouped.values()):
         if problems:
@@ -139,6 +137,29 @@ def parse_models(annotations: Mapping[str, str], settings: Settings) -> ParsedMo
     if problems:
         raise Refused(problems)
     return ParsedModels(tuple(models), tuple(warnings))
+
+
+def _model_and_key(prefix: str, full_key: str, rest: str, value: str) -> tuple[str, str] | str:
+    """(model, key) of an annotation under the prefix, or the sentence refusing its key."""
+    model, dot, key = rest.partition(".")
+    if not dot:
+        model, key = DEFAULT_MODEL, rest
+    elif model == DEFAULT_MODEL:
+        return (
+            f"{full_key}: the model name {DEFAULT_MODEL!r} is reserved; expected the "
+            f"unnamed key {prefix}{key} for the default model"
+        )
+    elif len(model) > _MAX_MODEL_NAME or not _DNS_LABEL.match(model):
+        return (
+            f"{full_key}: {json.dumps(model)} is not a valid model name; expected lower-case "
+            f"letters, digits and '-', at most {_MAX_MODEL_NAME} characters"
+        )
+    if key not in MODEL_KEYS:
+        return (
+            f"{full_key}: unknown annotation key (value {json.dumps(redact(value))}); "
+            f"expected one of {', '.join(MODEL_KEYS)}, optionally as <model>.<key>"
+        )
+    return model, key
 
 
 def _full_keys(prefix: str, model: str, keys: Mapping[str, str]) -> list[str]:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 
+from webhook.core.redact import redact
+
 
 class Refused(Exception):
     """Annotations that cannot be honoured; `problems` are complete, user-facing sentences."""
 
     def __init__(self, problems: list[str]) -> None:
+        # Each sentence may quote a value; none may repeat a secret a URL carried.
+        problems = [redact(problem) for problem in problems]
         super().__init__("; ".join(problems))
         self.problems = problems
 
@@ -28,5 +32,5 @@ class MalformedReview(Exception):
 
 
 def invalid_value(key: str, value: str, expected: str) -> str:
-    """The standard refusal sentence: which key, which value, what would be accepted."""
-    return f"{key}: {json.dumps(value)} is not valid; expected {expected}"
+    """The standard refusal sentence: which key, which value (redacted), what would be accepted."""
+    return f"{key}: {json.dumps(redact(value))} is not valid; expected {expected}"

@@ -121,8 +121,10 @@ def fetch_container(spec: ModelSpec, settings: Settings) -> Container:
         },
         "securityContext": restricted_security_context(settings),
         "volumeMounts": mounts,
-        # The fetcher's last log line says what went wrong; this shows it in `kubectl describe`.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # The fetcher writes its result JSON, or on failure its last line and exit code, to
+        # /dev/termination-log; `kubectl describe` and the pod's status show exactly that (never
+        # a log tail, which could hold anything an origin answered).
+        "terminationMessagePolicy": "File",
     }
     if spec.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret}}]

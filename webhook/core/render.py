@@ -9,6 +9,7 @@ import jsonpatch
 import yaml
 
 from webhook.core.errors import MalformedReview
+from webhook.core.hints import misplaced_warnings, near_miss_warnings, template_annotations
 from webhook.core.injection import Mutation, mutate_pod
 from webhook.core.settings import Settings
 from webhook.core.workloads import TEMPLATE_PATHS, group_of_kind, pod_template
@@ -36,6 +37,17 @@ def render_object(obj: object, settings: Settings) -> tuple[dict[str, Any], Muta
     return rendered, mutation
 
 
+def _hints(obj: dict[str, Any], settings: Settings) -> list[str]:
+    """What /validate would warn about `obj` beyond its annotations' own warnings."""
+    kind = str(obj.get("kind"))
+    group = group_of_kind(kind) or ""
+    template = pod_template(obj, group, kind)
+    return [
+        *misplaced_warnings(obj, group, kind, settings),
+        *near_miss_warnings(template_annotations(template), settings),
+    ]
+
+
 def render_documents(text: str, settings: Settings) -> tuple[str, list[str]]:
     """Every document of a YAML (or JSON) stream rendered, and the warnings collected."""
     rendered: list[dict[str, Any]] = []
@@ -46,4 +58,5 @@ def render_documents(text: str, settings: Settings) -> tuple[str, list[str]]:
         obj, mutation = render_object(document, settings)
         rendered.append(obj)
         warnings += mutation.warnings
+        warnings += _hints(document, settings)
     return yaml.safe_dump_all(rendered, sort_keys=False), warnings

@@ -14,7 +14,9 @@ from typing import Literal, cast
 
 from webhook.core.bodies import AddOperation, AdmissionRequest, AdmissionResponse, AdmissionReview
 from webhook.core.errors import MalformedReview, Refused
+from webhook.core.hints import misplaced_warnings, near_miss_warnings, template_annotations
 from webhook.core.injection import mutate_pod
+from webhook.core.redact import redact
 from webhook.core.settings import Settings
 from webhook.core.workloads import pod_template
 
@@ -64,7 +66,8 @@ def mutate_review(body: object, settings: Settings) -> Outcome:
     except Refused as refused:
         return _refuse(request, refused)
     decision: Decision = "injected" if mutation.patch else "unchanged"
-    return _allow(request, decision, mutation.patch, mutation.warnings, mutation.models)
+    warnings = (*mutation.warnings, *near_miss_warnings(template_annotations(obj), settings))
+    return _allow(request, decision, mutation.patch, warnings, mutation.models)
 
 
 def validate_review(body: object, settings: Settings) -> Outcome:
@@ -75,6 +78,10 @@ def validate_review(body: object, settings: Settings) -> Outcome:
     template = pod_template(request.get("object"), group, kind)
     if template is None:
         return _allow(request, "allowed")
+    hints = (
+        *misplaced_warnings(request.get("object"), group, kind, settings),
+        *near_miss_warnings(template_annotations(template), settings),
+    )
     try:
         mutation = mutate_pod(template, settings)
     except Refused as refused:
@@ -82,9 +89,10 @@ def validate_review(body: object, settings: Settings) -> Outcome:
             # An update that leaves the template alone (labels, finalizers during deletion)
             # must not be blocked by annotations that predate the webhook.
             warning = f"pod template unchanged, so allowed despite: {refused.message}"
-            return _allow(request, "allowed", warnings=(warning,))
+            return _allow(request, "allowed", warnings=(warning, *hints))
         return _refuse(request, refused)
-    return _allow(request, "allowed", warnings=mutation.warnings, models=mutation.models)
+    warnings = (*mutation.warnings, *hints)
+    return _allow(request, "allowed", warnings=warnings, models=mutation.models)
 
 
 def read_request(body: object) -> AdmissionRequest:
@@ -131,7 +139,7 @@ def _allow(
         response["patchType"] = "JSONPatch"
         response["patch"] = encode_patch(patch)
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = [redact(warning) for warning in warnings]
     return Outcome(_wrap(response), decision, request, models)
 
 

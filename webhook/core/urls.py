@@ -13,9 +13,14 @@ from fnmatch import fnmatchcase
 from urllib.parse import SplitResult, urlsplit
 
 from webhook.core.errors import invalid_value
+from webhook.core.redact import has_userinfo, secret_parameters
 from webhook.core.settings import Settings
 
 STORE_SCHEMES = ("s3", "gs")
+_IN_CLEAR = (
+    "it would be written into the pod spec in clear text; put the credentials in a Secret and "
+    "name it in credentials-secret"
+)
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 # S3: 3-63 characters, no underscores. GCS also allows underscores, and up to 222 with dots.
 _BUCKET = {
@@ -27,6 +32,15 @@ _BUCKET = {
 def url_problem(key: str, url: str, settings: Settings) -> str | None:  # noqa: PLR0911
     """Why `url` (the value of annotation `key`) is refused, or None when it is acceptable."""
     schemes = " or ".join(f"{scheme}://" for scheme in settings.allowed_schemes)
+    # Checked first, so that the reason given is the one that matters: the URL is written into
+    # the init container's args, readable by anyone who may read the pod.
+    if has_userinfo(url):
+        return invalid_value(key, url, f"a URL without user or password: {_IN_CLEAR}")
+    secrets = secret_parameters(url)
+    if secrets:
+        return invalid_value(
+            key, url, f"a URL without credentials in it ({', '.join(secrets)}): {_IN_CLEAR}"
+        )
     if _SPACE_OR_CONTROL.search(url) or not url.isprintable():
         return invalid_value(key, url, "a URL without spaces or control characters")
     try:
@@ -39,10 +53,6 @@ def url_problem(key: str, url: str, settings: Settings) -> str | None:  # noqa: 
         return invalid_value(key, url, f"an absolute {schemes} URL with a host")
     if scheme not in settings.allowed_schemes:
         return invalid_value(key, url, f"a {schemes} URL (scheme {scheme}:// is not allowed)")
-    if "@" in parts.netloc:
-        return invalid_value(
-            key, url, "a URL without user or password (use credentials-secret instead)"
-        )
     if scheme in STORE_SCHEMES:
         return _object_problem(key, url, parts, settings)
     host = parts.hostname

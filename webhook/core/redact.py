@@ -1,0 +1,120 @@
+"""The one redaction of secrets carried by URLs, for every text the webhook shows or writes.
+
+A URL can carry a secret in two places: its userinfo (`https://user:password@host/`) and its
+query or fragment (`?X-Amz-Signature=...`, `?token=...`, `#access_token=...`). `redact` replaces
+both with `***` wherever a URL appears in a text: a bare annotation value, a refusal sentence
+that quotes one, a log field, a rendered manifest. The admission checks refuse such URLs (they
+would land in the pod spec in clear text), so redaction is what keeps the refusal itself, and
+anything else that quotes the value, from repeating the secret.
+
+Redaction errs towards hiding: any query parameter whose name merely looks like a credential is
+hidden, and a `:` then `@` before the path is read as userinfo even when the URL is malformed.
+"""
+
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+
+# A URL runs from its scheme to the next whitespace or angle bracket. Quotes and commas may be in
+# a password, so they do not end it; a comma followed by another scheme starts the next URL (the
+# mirrors annotation is a comma-separated list).
+_SCHEME = r"[a-z][a-z0-9+.-]*://"
+_URL = re.compile(rf"(?i)\b{_SCHEME}[^\s<>]*")
+_STARTS_WITH_URL = re.compile(rf"(?i){_SCHEME}")
+_NEXT_URL = re.compile(rf"(?i),(?={_SCHEME})")
+# A parameter's value ends at the next parameter or whitespace; a quote (or an escaped one) just
+# before that end is the quoting of a refusal or a log line, and is kept.
+_PARAMETER = re.compile(r"([?&#;])([^=&#;?\s\"'\\]*)=([^&#;\s]*?)(?=(?:\\?[\"'])?(?:[&#;\s]|$))")
+# Substrings of parameter names that carry credentials: token, access_token, X-Amz-Security-Token,
+# signature, sig, X-Goog-Signature, X-Amz-Credential, key, apikey, AWSAccessKeyId, secret,
+# password, pass, pwd, auth, session, ...
+SECRET_NAME_PARTS = (
+    "token",
+    "sig",
+    "key",
+    "secret",
+    "pass",
+    "pwd",
+    "auth",
+    "credential",
+    "session",
+)
+
+
+def is_secret_parameter(name: str) -> bool:
+    """Whether a query or fragment parameter named `name` may carry a credential."""
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_NAME_PARTS)
+
+
+def secret_parameters(url: str) -> list[str]:
+    """The names of the parameters of `url` that look like credentials, in order."""
+    return [
+        match.group(2) for match in _PARAMETER.finditer(url) if is_secret_parameter(match.group(2))
+    ]
+
+
+def has_userinfo(url: str) -> bool:
+    """Whether `url` carries `user@` or `user:password@` before its path (or looks as if it did)."""
+    _, separator, rest = url.partition("://")
+    return bool(separator) and _userinfo_end(rest) > 0
+
+
+def redact(text: str) -> str:
+    """`text` with the userinfo and the credential-like parameters of every URL in it masked.
+
+    `text` may be a bare value (an annotation, which may hold spaces in its password) or a
+    sentence or manifest that quotes URLs.
+    """
+    if "://" not in text:
+        return text
+    if _STARTS_WITH_URL.match(text):
+        # A bare value: its userinfo ends at the last '@' before the path, spaces or not.
+        scheme, _, rest = text.partition("://")
+        end = _userinfo_end(rest)
+        if end:
+            text = f"{scheme}://{MASK}@{rest[end:]}"
+    return _URL.sub(_redact_urls, text)
+
+
+def _redact_urls(match: re.Match[str]) -> str:
+    return ",".join(_redact_url(url) for url in _NEXT_URL.split(match.group(0)))
+
+
+def _redact_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    end = _userinfo_end(rest)
+    if end:
+        rest = f"{MASK}@{rest[end:]}"
+    return f"{scheme}://" + _PARAMETER.sub(_redact_parameter, rest)
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    separator, name, value = match.groups()
+    if value and is_secret_parameter(name):
+        value = MASK
+    return f"{separator}{name}={value}"
+
+
+def _userinfo_end(rest: str) -> int:
+    """Where the host starts in `rest` (the URL after `://`), past any userinfo; 0 if none.
+
+    The authority ends at the first '/': a '?' or '#' there may be in a password, so they do not
+    end it. A password with a raw '/' ends it early (`user:pa/ss@host`): a ':' followed by
+    something that is not a port, then an '@' further on, is taken for userinfo all the same.
+    """
+    slash = rest.find("/")
+    authority = rest if slash == -1 else rest[:slash]
+    if "@" in authority:
+        return authority.rindex("@") + 1
+    colon = authority.find(":")
+    if (
+        colon != -1
+        and not authority.startswith("[")  # an IPv6 literal
+        and not authority[colon + 1 :].isdigit()
+        and "@" in rest
+    ):
+        return rest.rindex("@") + 1
+    return 0
