@@ -118,6 +118,14 @@ class Faults:
     """Answer 401 unless the request's ``Authorization`` header is exactly this."""
     first_byte_delay: float = 0.0
     """Seconds to wait before sending the status line (time-to-first-byte)."""
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    """Sent with every answer that carries the file (e.g. a ``Content-Encoding`` it should not
+    have)."""
+    endless_zeros: bool = False
+    """After the body, send zero bytes for ever, without ``Content-Length``, until the client
+    leaves: a body no client can read to its end."""
+    trickle_head_bytes_per_s: float | None = None
+    """Send the status line and headers at this rate, a byte at a time."""
     ignore_preconditions: bool = False
     """Answer as if ``If-Match`` and ``If-Unmodified-Since`` were not sent, as some caches and
     old servers do: only the validators on the answer tell the client what it got."""
@@ -211,6 +219,8 @@ class _Plan:
     drip: float | None = None
     delay: float = 0.0
     close: bool = False
+    endless_zeros: bool = False
+    trickle_head: float | None = None
 
 
 class _Unsatisfiable:
@@ -378,13 +388,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if plan.delay > 0 and origin._stopping.wait(plan.delay):
             self.close_connection = True
             return
-        self.send_response(plan.status)
-        for name, value in plan.headers:
-            self.send_header(name, value)
-        if plan.close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
+        if plan.trickle_head is not None:
+            if not self._trickle_head(plan):
+                return
+        else:
+            self.send_response(plan.status)
+            for name, value in plan.headers:
+                self.send_header(name, value)
+            if plan.close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
         origin._set_status(record, plan.status)
         if head:
             return
@@ -408,6 +422,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if plan.drip is not None and origin._stopping.wait(n / plan.drip):
                 self.close_connection = True
                 return
+        if plan.endless_zeros:
+            self._zeros_for_ever(record)
+            return
         if plan.fault == "stall":
             self._hang()
         if plan.fault is not None:
@@ -416,6 +433,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 origin._mark_reset(self.connection)
             else:
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _trickle_head(self, plan: _Plan) -> bool:
+        """The head a byte at a time; False when the client left or the origin stops."""
+        lines = [f"HTTP/1.1 {plan.status} Status", *(f"{n}: {v}" for n, v in plan.headers)]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        assert plan.trickle_head is not None
+        for at in range(len(head)):
+            try:
+                self.wfile.write(head[at : at + 1])
+                self.wfile.flush()
+            except OSError:
+                self.close_connection = True
+                return False
+            if self.origin._stopping.wait(1 / plan.trickle_head):
+                self.close_connection = True
+                return False
+        return True
+
+    def _zeros_for_ever(self, record: RequestRecord) -> None:
+        zeros = bytes(_CHUNK)
+        self.close_connection = True
+        while not self.origin._stopping.is_set():
+            try:
+                self.wfile.write(zeros)
+            except OSError:
+                return
+            self.origin._add_bytes(record, len(zeros))
 
     def _hang(self) -> None:
         """Keep the connection open, sending nothing, until the client leaves or we stop."""
@@ -770,10 +814,16 @@ class Origin:
                 status, (start, end) = 206, parsed
                 headers.append(("Content-Range", f"bytes {start}-{end - 1}/{total}"))
         body = data[start:end]
+        headers.extend(f.extra_headers)
         plan = _Plan(status, headers, body, drip=f.drip_bytes_per_s, delay=f.first_byte_delay)
+        plan.trickle_head = f.trickle_head_bytes_per_s
         length = len(body)
         if record.method == "GET":
             self._plan_fault(f, plan, length)
+        if f.endless_zeros:
+            plan.endless_zeros = plan.close = True  # no length: the body ends when we close
+            record.fault = plan.fault
+            return plan
         announced = length if plan.fault != "lie" else f.lie_content_length
         headers.append(("Content-Length", str(announced)))
         record.fault = plan.fault
