@@ -100,8 +100,8 @@ def _pax_tar(records: dict[str, str]) -> bytes:
     ],
 )
 def test_a_name_that_claims_a_format_holds_the_stream_to_it(
-    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, body: bytes,
-    says: str,
+    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str], *, name: str,
+    body: bytes, says: str,
 ) -> None:  # fmt: skip
     origin.add(name, body)
     code, _ = _fetch(origin, tmp_path, name)
@@ -214,7 +214,7 @@ def test_a_ustar_size_out_of_range_is_refused_at_once(
     ],
 )
 def test_a_pax_record_that_is_not_a_number_is_refused(
-    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str], *,
     records: dict[str, str], says: str,
 ) -> None:  # fmt: skip
     archive = _pax_tar(records)

@@ -388,40 +388,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if plan.delay > 0 and origin._stopping.wait(plan.delay):
             self.close_connection = True
             return
-        if plan.trickle_head is not None:
-            if not self._trickle_head(plan):
-                return
-        else:
-            self.send_response(plan.status)
-            for name, value in plan.headers:
-                self.send_header(name, value)
-            if plan.close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-        origin._set_status(record, plan.status)
-        if head:
+        if not self._send_head(plan):
             return
-        body = memoryview(plan.body)
-        limit = len(body) if plan.cut is None else plan.cut
-        chunk = _CHUNK if plan.drip is None else max(1, int(plan.drip * _DRIP_TICK_S))
-        pos = 0
-        while pos < limit:
-            if origin._stopping.is_set():
-                self.close_connection = True
-                return
-            n = min(chunk, limit - pos)
-            allowed = origin._may_write(record.path, n)
-            if allowed is None:
-                self.close_connection = True
-                return
-            n = allowed
-            self.wfile.write(body[pos : pos + n])
-            pos += n
-            origin._add_bytes(record, n)
-            if plan.drip is not None and origin._stopping.wait(n / plan.drip):
-                self.close_connection = True
-                return
+        origin._set_status(record, plan.status)
+        if head or not self._send_body(record, plan):
+            return
         if plan.endless_zeros:
             self._zeros_for_ever(record)
             return
@@ -433,6 +404,43 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 origin._mark_reset(self.connection)
             else:
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send_head(self, plan: _Plan) -> bool:
+        if plan.trickle_head is not None:
+            return self._trickle_head(plan)
+        self.send_response(plan.status)
+        for name, value in plan.headers:
+            self.send_header(name, value)
+        if plan.close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        return True
+
+    def _send_body(self, record: RequestRecord, plan: _Plan) -> bool:
+        """The planned body; False when the connection is to be dropped instead."""
+        origin = self.origin
+        body = memoryview(plan.body)
+        limit = len(body) if plan.cut is None else plan.cut
+        chunk = _CHUNK if plan.drip is None else max(1, int(plan.drip * _DRIP_TICK_S))
+        pos = 0
+        while pos < limit:
+            if origin._stopping.is_set():
+                self.close_connection = True
+                return False
+            n = min(chunk, limit - pos)
+            allowed = origin._may_write(record.path, n)
+            if allowed is None:
+                self.close_connection = True
+                return False
+            n = allowed
+            self.wfile.write(body[pos : pos + n])
+            pos += n
+            origin._add_bytes(record, n)
+            if plan.drip is not None and origin._stopping.wait(n / plan.drip):
+                self.close_connection = True
+                return False
+        return True
 
     def _trickle_head(self, plan: _Plan) -> bool:
         """The head a byte at a time; False when the client left or the origin stops."""
