@@ -111,9 +111,11 @@ def run(
             if item is None:
                 # Waiting for bytes: a checkpoint now may be what frees the window for them.
                 if stages.restorable and stages.at_boundary:
-                    if checkpointer.restore_due(stages.bytes) or checkpointer.progress_due():
+                    if checkpointer.restore_due(stages.bytes) or checkpointer.progress_due(
+                        stats.bytes_received
+                    ):
                         saver.restore_point()
-                elif checkpointer.progress_due():
+                elif checkpointer.progress_due(stats.bytes_received):
                     saver.progress()
                 continue
             if isinstance(item, _End):
@@ -136,7 +138,7 @@ def run(
             if stop.grace_over():
                 saver.last(at_restorable_point=stages.at_boundary)  # no clean point in time
                 stop.check()
-            if checkpointer.progress_due():
+            if checkpointer.progress_due(stats.bytes_received):
                 saver.progress()  # no restorable point for a whole interval
             if progress.total is None and stats.identity:
                 progress.total = stats.identity.length
@@ -206,7 +208,9 @@ class _Saver:
         checkpoint.completed = {}
         stages.tree.completed.clear()
         self._common(position)
-        self._checkpointer.save_restore(then=lambda: self._release(position))
+        self._checkpointer.save_restore(
+            then=lambda: self._release(position), received=self._stats.bytes_received
+        )
 
     def progress(self) -> None:
         """No restorable point here: record finished files; keep at most half a window behind."""
@@ -216,7 +220,9 @@ class _Saver:
         checkpoint.completed.update(stages.tree.completed)
         stages.tree.completed.clear()
         self._common(keep_from)
-        self._checkpointer.save_progress(then=lambda: self._release(keep_from))
+        self._checkpointer.save_progress(
+            then=lambda: self._release(keep_from), received=self._stats.bytes_received
+        )
 
     def last(self, *, at_restorable_point: bool) -> None:
         """On the way out after a signal: one more checkpoint, on disk before exiting."""

@@ -6,9 +6,10 @@ Two clocks, because two kinds of save serve different ends:
   boundary, any byte of a plain stream): it is what bounds the bytes a kill costs. It is due
   every interval (or sooner when a quarter of the window lies behind the last one), and once
   due it is taken at the very next restorable point, whatever else was saved meanwhile.
-- a *progress* save, taken when no restorable point came for a whole interval, records the
-  files finished since and the ranges the window holds, and frees window space that a
-  restart would only fetch again.
+- a *progress* save, taken when no restorable point came for a whole interval, or when the
+  window received PROGRESS_BYTES since the last save, records the files finished since and
+  the ranges the window holds (so a kill does not lose what parallel ranges brought ahead of
+  the decoder), and frees window space that a restart would only fetch again.
 
 Saves are never declined. The flush (a syncfs of the volume) and the atomic write run on a
 thread of their own; a save asked for while one is being written waits in a single slot, and
@@ -26,6 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetcher.state.checkpoint import Checkpoint, save_checkpoint
+
+PROGRESS_BYTES = 8 << 20
+# Saves triggered by bytes alone are at least this far apart, so that a fast download does not
+# flush the volume many times a second.
+MIN_SPACING = 0.25
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Checkpointer:
         self._last_restore_at = -math.inf
         self._last_restore_position = checkpoint.position
         self._last_save_at = now
+        self._received_at_last_save = 0
         self.restore_saves = 0
         self.written = 0
         self._lock = threading.Lock()
@@ -72,26 +79,31 @@ class Checkpointer:
             or position - self._last_restore_position >= self._every_bytes
         )
 
-    def progress_due(self) -> bool:
+    def progress_due(self, received: int) -> bool:
+        """received: bytes the source has brought so far in this run."""
         now = time.monotonic()
+        since_save = now - self._last_save_at
+        if since_save >= self._interval and now - self._last_restore_at >= self._interval:
+            return True
         return (
-            now - self._last_save_at >= self._interval
-            and now - self._last_restore_at >= self._interval
+            received - self._received_at_last_save >= PROGRESS_BYTES and since_save >= MIN_SPACING
         )
 
     # --- what ---------------------------------------------------------------------------
 
-    def save_restore(self, then: Callable[[], None]) -> None:
+    def save_restore(self, then: Callable[[], None], received: int = 0) -> None:
         """checkpoint.restore was just set to a restorable point: make it durable."""
         self._raise_pending_error()
+        self._received_at_last_save = received
         self._last_restore_at = self._last_save_at = time.monotonic()
         self._last_restore_position = self.checkpoint.position
         self.restore_saves += 1
         self._submit(_Save(self.checkpoint.encode(), then))
 
-    def save_progress(self, then: Callable[[], None]) -> None:
+    def save_progress(self, then: Callable[[], None], received: int = 0) -> None:
         """Files finished and window holdings changed; the restore point stays as it was."""
         self._raise_pending_error()
+        self._received_at_last_save = received
         self._last_save_at = time.monotonic()
         self._submit(_Save(self.checkpoint.encode(), then))
 

@@ -8,6 +8,7 @@ waits on a clock to decide when to kill.
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import re
 import signal
@@ -109,9 +110,9 @@ class Case:
 
 
 def _kill_cases() -> dict[str, Case]:
-    expected = make_tree(seed=31, n_files=40, total_bytes=32 * MIB)
+    expected = make_tree(seed=31, n_files=40, total_bytes=20 * MIB)
     tar = tar_bytes(expected)
-    raw = random.Random(5).randbytes(24 * MIB)
+    raw = random.Random(5).randbytes(12 * MIB)
     # Frames bigger than the window: a single stream cannot hold a whole frame past its
     # restart point, so each kill there loses up to a frame, the worst case for one stream.
     big_frames = {
@@ -135,7 +136,7 @@ def _kill_cases() -> dict[str, Case]:
 @pytest.fixture(scope="module")
 def kill_cases() -> dict[str, Case]:
     cases = _kill_cases()
-    assert _frame_count(cases["tar.zst-cli-frames"].archive) >= 4
+    assert _frame_count(cases["tar.zst-cli-frames"].archive) >= 3
     assert _frame_count(cases["tar.zst-frames-over-window"].archive) >= 3
     return cases
 
@@ -258,44 +259,57 @@ CASE_NAMES = [
     "tar.zst-frame-per-2MiB",
     "tar.gz-members",
 ]
-RUNS = [
-    pytest.param(name, connections, id=f"{name}/{connections}-connections")
-    for name in CASE_NAMES
-    for connections in ("1", "4", "auto")
-] + [pytest.param("tar.zst-frames-over-window", "1", id="tar.zst-frames-over-window/1-connections")]
+RUNS = [(name, connections) for name in CASE_NAMES for connections in ("1", "4", "auto")] + [
+    ("tar.zst-frames-over-window", "1")
+]
 
 
-@pytest.mark.parametrize(("name", "connections"), RUNS)
-def test_sigkill_at_progress_points_then_restart_until_done(
-    tmp_path: Path,
-    kill_cases: dict[str, Case],
-    name: str,
-    connections: str,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    case = kill_cases[name]
-    rng = random.Random(f"{name}/{connections}")
+# A kill may cost at most this share of what starting over from byte 0 at every kill would
+# have (measured 0.08-0.40 here; a fetcher that restarts from 0 is at 1.0 by definition).
+MAX_SHARE_OF_RESTARTING = 0.6
+# The cases run side by side: each waits mostly on its paced origin and on process starts.
+CASES_AT_ONCE = 4
+
+
+def _kill_case(tmp: Path, case: Case, connections: str) -> tuple[KillRun, Path]:
+    rng = random.Random(f"{case.name}/{connections}")
     shares = [rng.uniform(*SHARES) for _ in range(KILLS)]
-    digest = sha256(case.archive)
-    out = tmp_path / "out"
+    out = tmp / "out"
     most = AUTO_CONNECTIONS if connections == "auto" else int(connections)
     flags = [*TEST_FLAGS, "--connections", connections, *case.flags]
     with Origin() as origin:
         origin.add(PATH, case.archive, faults=Faults(drip_bytes_per_s=RATE / most))
-        run = kill_then_finish(origin, _command(origin.url(PATH), out, digest, *flags), out,
-                               len(case.archive), shares)  # fmt: skip
-    bound = kill_bound(len(case.archive), run.kills, case.window, CHECKPOINT_INTERVAL, RATE)
-    report(capsys, f"{name}, {connections} connection(s)", run, bound)
-    assert run.kills == KILLS
-    assert_fetched_right(run, out, case, digest, tmp_path)
-    # Printed next to it: run.restart_from_zero, what every attempt starting over from byte 0
-    # and getting as far would have cost. Measured: raw and tar 0.09-0.11 of it sent, the
-    # bound 0.5-0.6 of it; but for tar.zst and tar.gz the bound (11 MiB a kill, of which the
-    # checkpoint-interval term is 8) exceeds it (zst, 1 connection: bound 240 MB, restart 75
-    # MB), so there it is not evidence of resuming; last_resume > 0 below is.
-    assert run.total_sent <= bound
-    assert run.resumed_at == sorted(run.resumed_at), "a resume went back"
-    assert run.last_resume > 0
+        command = _command(origin.url(PATH), out, sha256(case.archive), *flags)
+        return kill_then_finish(origin, command, out, len(case.archive), shares), out
+
+
+def test_sigkill_at_progress_points_then_restart_until_done(
+    tmp_path: Path, kill_cases: dict[str, Case], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every case of the matrix, 20 kills each, then run to completion."""
+    runs = [(kill_cases[name], connections) for name, connections in RUNS]
+    with concurrent.futures.ThreadPoolExecutor(CASES_AT_ONCE) as pool:
+        futures = [
+            pool.submit(_kill_case, tmp_path / f"{case.name}-{c}", case, c) for case, c in runs
+        ]
+        results = [future.result() for future in futures]
+    failures: list[str] = []
+    for (case, connections), (run, out) in zip(runs, results, strict=True):
+        label = f"{case.name}, {connections} connection(s)"
+        bound = kill_bound(len(case.archive), run.kills, case.window, CHECKPOINT_INTERVAL, RATE)
+        report(capsys, label, run, bound)
+        try:
+            assert run.kills == KILLS
+            assert_fetched_right(run, out, case, sha256(case.archive), out.parent)
+            assert run.total_sent <= bound
+            # The issue's bound is loose when later attempts fetch little, so also: far less
+            # than restarting from byte 0 at every kill would have cost.
+            assert run.total_sent <= MAX_SHARE_OF_RESTARTING * run.restart_from_zero
+            assert run.resumed_at == sorted(run.resumed_at), "a resume went back"
+            assert run.last_resume > 0
+        except AssertionError as failed:
+            failures.append(f"{label}: {failed}")
+    assert not failures, "\n".join(failures)
 
 
 def _pieced_archives(tar: bytes, seed: str, low: int, high: int) -> dict[str, bytes]:
@@ -338,9 +352,8 @@ def test_what_pods_get_survives_sigkills(
     report(capsys, "what pods get (webhook defaults)", run, bound)
     assert run.kills == POD_KILLS
     assert_fetched_right(run, out, case, digest, tmp_path)
-    # With a 1 GiB window this bound allows more than a restart from byte 0 would cost: here
-    # the resume position and the printed share of bytes fetched again are the evidence.
     assert run.total_sent <= bound
+    assert run.total_sent <= MAX_SHARE_OF_RESTARTING * run.restart_from_zero
     assert run.resumed_at == sorted(run.resumed_at), "a resume went back"
     assert run.last_resume > 0
 
@@ -423,6 +436,7 @@ class LineReader:
 
     def text(self, timeout: float = 30.0) -> str:
         self._thread.join(timeout)
+        self._stream.close()
         return "".join(self.lines)
 
 
