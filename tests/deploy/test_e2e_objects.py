@@ -146,10 +146,17 @@ def group_of(obj: Manifest) -> str:
     return group
 
 
-def hooks_called(configurations: list[Manifest], obj: Manifest, prefix: str) -> list[Manifest]:
-    """The registrations the apiserver calls when `obj` is created."""
+def hooks_called(
+    configurations: list[Manifest],
+    obj: Manifest,
+    prefix: str,
+    labels: dict[str, str] | None = None,
+) -> list[Manifest]:
+    """The registrations the apiserver calls when `obj` is created; `labels` are its namespace's
+    (by default those of the namespace the e2e tests create for it)."""
     group, resource = group_of(obj), RESOURCES[obj["kind"]]
-    labels = namespace_labels_of(obj["metadata"]["namespace"])
+    if labels is None:
+        labels = namespace_labels_of(obj["metadata"]["namespace"])
     annotated = any(key.startswith(f"{prefix}/") for key in template_annotations(obj))
     called = []
     for configuration in configurations:
