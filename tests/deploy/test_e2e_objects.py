@@ -47,6 +47,7 @@ from tests.e2e.objects import (
     CLAIM_NAME,
     MOUNT,
     PREFIX,
+    WRONG_SHA256,
     Model,
     build_model,
     claim,
@@ -81,6 +82,8 @@ class Expected:
     # The registration the apiserver calls for the object itself (None: no call at all).
     hook: str | None
     volume: Literal["emptyDir", "persistentVolumeClaim"] = "emptyDir"
+    # The sha256 the fetch is given: the model's own, or WRONG_SHA256 (a checksum failure).
+    sha256: Literal["model", "wrong"] = "model"
 
 
 EXPECTED = {
@@ -92,6 +95,8 @@ EXPECTED = {
     "llm_bad": Expected("refused", VALIDATE_WORKLOADS),
     "nightly_bad": Expected("refused", VALIDATE_CRONJOBS),
     "bad_pod": Expected("refused", INJECT),
+    # Admitted and injected; its fetch then fails with exit 3 in the cluster.
+    "mismatch_pod": Expected("injected", INJECT, sha256="wrong"),
     # With the webhook down these must still be created, so the apiserver must not call it.
     "plain_pod": Expected("not sent", None),
     "opted_out_pod": Expected("not sent", None),
@@ -146,10 +151,17 @@ def group_of(obj: Manifest) -> str:
     return group
 
 
-def hooks_called(configurations: list[Manifest], obj: Manifest, prefix: str) -> list[Manifest]:
-    """The registrations the apiserver calls when `obj` is created."""
+def hooks_called(
+    configurations: list[Manifest],
+    obj: Manifest,
+    prefix: str,
+    labels: dict[str, str] | None = None,
+) -> list[Manifest]:
+    """The registrations the apiserver calls when `obj` is created; `labels` are its namespace's
+    (by default those of the namespace the e2e tests create for it)."""
     group, resource = group_of(obj), RESOURCES[obj["kind"]]
-    labels = namespace_labels_of(obj["metadata"]["namespace"])
+    if labels is None:
+        labels = namespace_labels_of(obj["metadata"]["namespace"])
     annotated = any(key.startswith(f"{prefix}/") for key in template_annotations(obj))
     called = []
     for configuration in configurations:
@@ -229,7 +241,8 @@ def assert_injected(pod: Manifest, model: Model, expected: Expected, where: str)
     annotations, args = template_annotations(pod), fetch["args"]
     assert args[0] == annotations[f"{PREFIX}/source"], where
     if f"{PREFIX}/sha256" in annotations:
-        assert (args[0], args[args.index("--sha256") + 1]) == (model.url, model.sha256), where
+        digest = model.sha256 if expected.sha256 == "model" else WRONG_SHA256
+        assert (args[0], args[args.index("--sha256") + 1]) == (model.url, digest), where
     (app,) = spec["containers"]
     (mount,) = [m for m in app["volumeMounts"] if m["mountPath"] == MOUNT]
     assert mount.get("readOnly") is True, where

@@ -22,6 +22,8 @@ PREFIX = "models.example.com"
 MOUNT = "/models"  # the webhook's default mount path (MODEL_INJECTOR_DEFAULT_MOUNT_PATH)
 CLAIM_NAME = "model-cache"
 BAD_SHA256 = "not-a-digest"
+# Well formed, so admitted; it names other bytes than the origin serves: the fetch exits 3.
+WRONG_SHA256 = hashlib.sha256(b"not the model archive").hexdigest()
 # The test pods' PID 1 ignores SIGTERM, so a deletion always waits the whole grace period.
 GRACE_SECONDS = 1
 
@@ -261,6 +263,11 @@ def bare_pod(generate_name: str, namespace_name: str, pod_annotations: dict[str,
     }
 
 
+def never_restarted(pod: Manifest) -> Manifest:
+    """A failed init container fails the pod, once, instead of a CrashLoopBackOff."""
+    return {**pod, "spec": {**pod["spec"], "restartPolicy": "Never"}}
+
+
 def claim(name: str) -> Manifest:
     """On kind's default StorageClass (local-path), bound once a pod uses it."""
     return {
@@ -292,6 +299,8 @@ class Workloads:
     llm_bad: Manifest
     nightly_bad: Manifest
     bad_pod: Manifest
+    # Admitted, then its fetch fails the checksum (exit 3); never restarted, so it ends Failed.
+    mismatch_pod: Manifest
     # Created while the webhook is down: only the annotated one may depend on it.
     plain_pod: Manifest
     annotated_pod: Manifest
@@ -319,6 +328,9 @@ def workloads(model: Model) -> Workloads:
         llm_bad=deployment("llm-bad", bad()),
         nightly_bad=cronjob("nightly-bad", bad()),
         bad_pod=bare_pod("bad-", MODELS_NAMESPACE, bad()),
+        mismatch_pod=never_restarted(
+            bare_pod("mismatch-", MODELS_NAMESPACE, model_annotations(model, sha256=WRONG_SHA256))
+        ),
         plain_pod=bare_pod("plain-", MODELS_NAMESPACE, {"team": "search"}),
         annotated_pod=bare_pod("annotated-", MODELS_NAMESPACE, annotated()),
         opted_out_pod=bare_pod("opted-out-", OPTED_OUT_NAMESPACE, annotated()),

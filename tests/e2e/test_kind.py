@@ -22,6 +22,7 @@ from tests.e2e.objects import (
     MODELS_NAMESPACE,
     MOUNT,
     PREFIX,
+    WRONG_SHA256,
     Model,
     Workloads,
     claim,
@@ -55,6 +56,30 @@ def assert_model_in(kube: Kube, pod: Manifest, model: Model) -> None:
     assert "Read-only file system" in write.stderr
 
 
+# What README.md tells a user to run, for the fetch container alone.
+FETCH_MESSAGE = '{.status.initContainerStatuses[?(@.name=="model-fetch")].state.terminated.message}'
+
+
+def fetch_message(kube: Kube, pod: Manifest) -> dict[str, Any]:
+    """The fetch container's termination message (terminationMessagePolicy File): the JSON the
+    fetcher wrote to /dev/termination-log."""
+    name = pod["metadata"]["name"]
+    text = kube.run(
+        "get", "pod", "-n", MODELS_NAMESPACE, name, "-o", f"jsonpath={FETCH_MESSAGE}"
+    ).stdout  # fmt: skip
+    assert text, f"{name}: model-fetch has no termination message"
+    message: dict[str, Any] = json.loads(text)
+    return message
+
+
+def assert_fetched(message: dict[str, Any], model: Model, *, already_complete: bool) -> None:
+    assert message["status"] == "ok", message
+    assert message["sha256"] == model.sha256, message
+    assert message["sha256_verified"] is True, message
+    assert message["files"] > 0, message
+    assert message["already_complete"] is already_complete, message
+
+
 def fetch_log(kube: Kube, pod: Manifest) -> str:
     return kube.logs(MODELS_NAMESPACE, pod["metadata"]["name"], "model-fetch")
 
@@ -73,6 +98,7 @@ def test_an_annotated_deployment_starts_with_its_model(
     (pod,) = model_pods(kube, workloads.llm, 1)
     assert_model_in(kube, pod, model)
     assert "already complete" not in fetch_log(kube, pod)
+    assert_fetched(fetch_message(kube, pod), model, already_complete=False)
 
 
 def test_a_second_replica_gets_the_model_too(
@@ -107,12 +133,44 @@ def test_with_a_pvc_a_restart_does_not_download_again(
     assert {"claimName": CLAIM_NAME} in [v.get("persistentVolumeClaim") for v in volumes]
     assert_model_in(kube, first, model)
     assert "already complete" not in fetch_log(kube, first)
+    assert_fetched(fetch_message(kube, first), model, already_complete=False)
 
     delete_pod(kube, MODELS_NAMESPACE, first)
     (second,) = model_pods(kube, workloads.llm_pvc, 1)
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     assert "already complete" in fetch_log(kube, second)
     assert_model_in(kube, second, model)
+    assert_fetched(fetch_message(kube, second), model, already_complete=True)
+
+
+def test_a_checksum_mismatch_fails_the_fetch_with_exit_3_in_its_message(
+    kube: Kube, model: Model, workloads: Workloads
+) -> None:
+    created = kube.run("create", "-o", "json", "-f", "-",
+                       input_text=json.dumps(workloads.mismatch_pod))  # fmt: skip
+    pod: Manifest = json.loads(created.stdout)
+    name = pod["metadata"]["name"]
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            pod = kube.get("pod", "-n", MODELS_NAMESPACE, name)
+            statuses = pod.get("status", {}).get("initContainerStatuses", [])
+            (fetch,) = [s for s in statuses if s["name"] == "model-fetch"] or [{}]
+            if "terminated" in fetch.get("state", {}):
+                break
+            assert time.monotonic() < deadline, f"{name}: model-fetch never finished: {fetch}"
+            time.sleep(1)
+        assert fetch["state"]["terminated"]["exitCode"] == 3
+        message = fetch_message(kube, pod)
+        assert message["status"] == "error", message
+        assert message["exit_code"] == 3, message
+        assert "sha256 mismatch" in message["message"], message
+        assert WRONG_SHA256 in message["message"], message
+        assert model.sha256 in message["message"], message
+        # restartPolicy Never: the failed fetch fails the pod, and the app never starts.
+        assert kube.get("pod", "-n", MODELS_NAMESPACE, name)["status"]["phase"] == "Failed"
+    finally:
+        delete_pod(kube, MODELS_NAMESPACE, pod)
 
 
 # --- refusals and reach ----------------------------------------------------------------------
