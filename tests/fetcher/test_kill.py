@@ -264,9 +264,12 @@ RUNS = [(name, connections) for name in CASE_NAMES for connections in ("1", "4",
 ]
 
 
-# A kill may cost at most this share of what starting over from byte 0 at every kill would
-# have (measured 0.08-0.40 here; a fetcher that restarts from 0 is at 1.0 by definition).
-MAX_SHARE_OF_RESTARTING = 0.6
+# What the matrix may cost, as a share of starting over from byte 0 at every kill (1.0 by
+# definition for a fetcher that does). Any byte restarts a raw file or a plain tar: measured
+# 0.11-0.19. A compressed stream restarts at its last frame or member, and these frames hold
+# up to 8 MiB of a ~6-15 MB archive, so a kill often loses its whole attempt: 0.19-0.69.
+MAX_SHARE_OF_RESTARTING = {"raw": 0.4, "tar": 0.4}
+MAX_SHARE_OF_RESTARTING_FRAMED = 0.85
 # The cases run side by side: each waits mostly on its paced origin and on process starts.
 CASES_AT_ONCE = 4
 
@@ -304,7 +307,8 @@ def test_sigkill_at_progress_points_then_restart_until_done(
             assert run.total_sent <= bound
             # The bound is loose when later attempts fetch little, so also: far less
             # than restarting from byte 0 at every kill would have cost.
-            assert run.total_sent <= MAX_SHARE_OF_RESTARTING * run.restart_from_zero
+            share = MAX_SHARE_OF_RESTARTING.get(case.name, MAX_SHARE_OF_RESTARTING_FRAMED)
+            assert run.total_sent <= share * run.restart_from_zero
             assert run.resumed_at == sorted(run.resumed_at), "a resume went back"
             assert run.last_resume > 0
         except AssertionError as failed:
@@ -328,6 +332,7 @@ def _mixed_tree(seed: int, files: int, size: int, random_share: float) -> dict[s
 POD_FLAGS = ["--checkpoint-interval", "2", "--connections", "auto", "--max-disk-buffer", "1GiB"]
 POD_KILLS = 6
 POD_RATE = 24 * MIB
+POD_MAX_SHARE_OF_RESTARTING = 0.8
 
 
 @pytest.mark.evidence
@@ -353,7 +358,10 @@ def test_what_pods_get_survives_sigkills(
     assert run.kills == POD_KILLS
     assert_fetched_right(run, out, case, digest, tmp_path)
     assert run.total_sent <= bound
-    assert run.total_sent <= MAX_SHARE_OF_RESTARTING * run.restart_from_zero
+    # Attempts here are shorter than the 2 s interval and eight ranges run ahead of the decoder,
+    # so what a kill keeps is mostly the window's ranges, recorded every 8 MiB: measured 0.66
+    # of restarting from byte 0 (0.83 before those saves, 1.0 for a fetcher that restarts).
+    assert run.total_sent <= POD_MAX_SHARE_OF_RESTARTING * run.restart_from_zero
     assert run.resumed_at == sorted(run.resumed_at), "a resume went back"
     assert run.last_resume > 0
 
