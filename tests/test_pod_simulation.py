@@ -354,6 +354,15 @@ def test_deployment_pod_gets_its_model_through_the_injected_init_container(
         statuses = [r.status for r in origin.requests if r.path == MODEL_PATH]
         assert 206 in statuses, statuses  # resumed, not restarted from byte 0
 
+    # What `kubectl get pod -o yaml` shows as the fetch container's termination message.
+    result = json.loads(fetched.termination_message)
+    assert result["status"] == "ok"
+    assert result["sha256"] == digest and result["sha256_verified"] is True
+    assert result["bytes"] == len(archive)
+    assert result["files"] > 0 and result["extracted_bytes"] > 0
+    assert result["mirror"] in (0, 1)
+    assert result["fetched_bytes"] >= len(archive)
+
     # On the node's disk: the tree byte for byte, plus the completion marker.
     volume = kubelet.volume_dir("model")
     snapshot = tree_snapshot(volume)
@@ -521,6 +530,27 @@ def test_checksum_mismatch_fails_the_init_container_with_a_readable_message(
     assert wrong in reason, reason
     assert "sha256" in reason or "checksum" in reason, reason
     # Nothing that looks like a finished model is left for the app containers.
+    assert not (kubelet.volume_dir("model") / ".model-fetch.json").exists()
+
+
+def test_an_unreachable_source_fails_with_exit_5_and_a_capped_message(
+    tmp_path: Path, webhook: Webhook, images: dict[str, Image], archive: bytes
+) -> None:
+    with Origin() as origin:
+        # Every origin answers 404: the last line names them all, far more than 4 KiB of it.
+        mirrors = ",".join(origin.url(f"/gone/mirror-{n:03d}/model.tar.zst") for n in range(80))
+        review = captured_review(
+            {"source": origin.url("/gone/model.tar.zst"), "mirrors": mirrors, "sha256": None}
+        )
+        _, pod = admit(webhook, review)
+        kubelet = Kubelet(pod, tmp_path / "node", images=images, config_maps=_root_ca())
+        fetched = kubelet.run("model-fetch")
+
+    assert fetched.returncode == 5, fetched.stderr
+    assert len(fetched.termination_message.encode()) <= 4096
+    reason = json.loads(failure_reason(fetched))  # whole JSON: cut by the fetcher, not the kubelet
+    assert reason["status"] == "error" and reason["exit_code"] == 5
+    assert reason["message"].endswith("or add a --mirror"), reason["message"]
     assert not (kubelet.volume_dir("model") / ".model-fetch.json").exists()
 
 

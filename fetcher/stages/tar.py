@@ -16,7 +16,7 @@ import tarfile
 from fetcher.errors import CorruptArchive, UnsafeArchive
 from fetcher.formats import preview
 from fetcher.stages.tree import SafeTree
-from fetcher.state.checkpoint import TarState
+from fetcher.state.checkpoint import MAX_TIME, TarState
 
 log = logging.getLogger("model-fetch")
 
@@ -182,7 +182,7 @@ class TarReader:
         size = _pax_int(fields, "size", name) if "size" in fields else info.size
         _check_size(size, name)
         mtime = _pax_number(fields, "mtime", name) if "mtime" in fields else info.mtime
-        if not math.isfinite(mtime) or abs(mtime) > 1e15:
+        if not math.isfinite(mtime) or abs(mtime) > MAX_TIME:
             raise CorruptArchive(
                 f"tar member {name!r} has a modification time of {mtime!r}",
                 "the archive is damaged or was not made by a tar program",

@@ -212,13 +212,16 @@ class SafeTree:
         if not parts:
             return  # "./" names the output directory itself, whose mode is not the archive's
         parent_fd = self._open_parent(member, parts)
+        mode &= _PERMISSION_BITS
         try:
             if not self._clear(member, parent_fd, parts[-1], keep_dir=True):
                 os.mkdir(parts[-1], 0o700, dir_fd=parent_fd)
+            # The mode now, with the owner's rwx so members can still go in (the final mode
+            # too: see close()); a resume checks it against what the checkpoint says.
+            os.chmod(parts[-1], mode | stat.S_IRWXU, dir_fd=parent_fd)
         except OSError as error:
             raise _translate(error, member) from None
-        # Modes are applied last, so a read-only directory can still receive its members.
-        self._dir_modes[parts] = (mode & _PERMISSION_BITS, mtime)
+        self._dir_modes[parts] = (mode, mtime)
 
     def make_symlink(self, member: str, target: str) -> None:
         parts = member_parts(member)
@@ -283,6 +286,8 @@ class SafeTree:
         self.bytes_written = state.bytes_written
         self.files_written = state.files_written
         self._dir_modes = {d.parts: (d.mode, d.mtime) for d in state.dir_modes}
+        for parts, (mode, _) in self._dir_modes.items():
+            self._check_directory(parts, mode)
         self._already_complete = already_complete
         open_file = state.open_file
         if open_file is None:
@@ -298,7 +303,7 @@ class SafeTree:
         try:
             parent_fd = self._open_parent(member, member_parts(member))
             fd = os.open(parts[-1], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-        except (OSError, UnsafeArchive) as error:
+        except (OSError, FetchError) as error:
             raise StateError(
                 f"the file {member!r} it was writing cannot be reopened ({error})"
             ) from None
@@ -312,6 +317,26 @@ class SafeTree:
         os.ftruncate(fd, self._file_offset)  # bytes past the checkpoint are written again
         os.lseek(fd, self._file_offset, os.SEEK_SET)
         self._file_fd = fd
+
+    def _check_directory(self, parts: tuple[str, ...], mode: int) -> None:
+        """A directory the checkpoint lists must be on disk, with the mode it recorded."""
+        name = "/".join(parts)
+        fd = os.dup(self._root_fd)
+        try:
+            for part in parts:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as error:
+                    raise StateError(
+                        f"the directory {name!r} it lists is not on disk ({error.strerror})"
+                    ) from None
+                os.close(fd)
+                fd = child
+            found = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        if found != mode | stat.S_IRWXU:
+            raise StateError(f"the directory {name!r} has mode {found:o}, not {mode:o}")
 
     def sync(self) -> None:
         """Flush every file written so far to stable storage (one syncfs for the volume)."""

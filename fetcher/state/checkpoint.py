@@ -81,10 +81,31 @@ def _as_str(value: Any, where: str) -> str:
     return value
 
 
+# Times a filesystem can store (the tar reader refuses others): about the years -1200 to 5100.
+MAX_TIME = 1e11
+
+
 def _as_time(value: Any, where: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise StateError(f"{where} is not a finite number: {value!r}")
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or abs(value) > MAX_TIME
+    ):
+        raise StateError(f"{where} is not a time a file can have: {value!r}")
     return float(value)
+
+
+def _is_name(part: Any) -> bool:
+    """One path component inside the tree: never empty, '.', '..', with a slash or NUL, or
+    longer than a filesystem allows."""
+    return (
+        isinstance(part, str)
+        and part not in ("", ".", "..")
+        and "/" not in part
+        and "\0" not in part
+        and len(part.encode("utf-8", "surrogateescape")) <= 255
+    )
 
 
 def _bytes(data: Mapping[str, Any], key: str, where: str, *, limit: int = 1 << 20) -> bytes:
@@ -144,8 +165,8 @@ class OpenFile:
     @classmethod
     def from_json(cls, data: Any, where: str) -> OpenFile:
         parts = _list(data, "parts", where)
-        if not parts or not all(isinstance(p, str) and p not in ("", ".", "..") for p in parts):
-            raise StateError(f"{where}.parts is not a relative path")
+        if not parts or not all(_is_name(p) for p in parts):
+            raise StateError(f"{where}.parts is not a relative path inside the tree")
         return cls(tuple(parts), _int(data, "mode", where), _int(data, "offset", where),
                    _bool(data, "skipping", where), _int(data, "size", where))  # fmt: skip
 
@@ -183,7 +204,7 @@ class TreeState:
             if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], list):
                 raise StateError(f"{at} is not [parts, mode, mtime]")
             parts, mode, mtime = entry
-            if not all(isinstance(p, str) and p not in ("", ".", "..") for p in parts):
+            if not all(_is_name(p) for p in parts):
                 raise StateError(f"{at} is not a relative path")
             if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
                 raise StateError(f"{at} has a bad mode {mode!r}")

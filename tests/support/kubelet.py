@@ -53,6 +53,7 @@ __all__ = [
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096
 # The kubelet's FallbackToLogsOnError keeps the last 80 lines of the log, at most 2048 bytes.
 _FALLBACK_LINES = 80
 _FALLBACK_BYTES = 2048
@@ -390,7 +391,8 @@ class Kubelet:
             env={"PATH": DEFAULT_PATH},
             check=False,
         )
-        message = termination.read_text()
+        # The kubelet reads at most 4 KiB of the file (kubelet: maxMessageLength).
+        message = termination.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(errors="replace")
         policy = container.get("terminationMessagePolicy", "File")
         if not message and process.returncode != 0 and policy == "FallbackToLogsOnError":
             message = _log_tail(process.stdout + process.stderr)
