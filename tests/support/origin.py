@@ -150,20 +150,24 @@ class KillSwitch:
     after_bytes: int
     fired_at: int | None = None
     """Body bytes sent when it fired; None while it has not."""
+    signal_number: int = signal.SIGKILL
+    """Another signal (SIGTERM) asks the process to stop on its own: the transfer then goes
+    on, unhindered, so the process stops at its pace and writes what it writes on a stop."""
 
     @property
     def fired(self) -> bool:
         return self.fired_at is not None
 
     def __call__(self, sent: int) -> bool:
+        gentle = self.signal_number != signal.SIGKILL
         if self.fired_at is not None:
-            return False
+            return gentle
         if sent < self.after_bytes:
             return True
         with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
-            os.kill(self.pid, signal.SIGKILL)
+            os.kill(self.pid, self.signal_number)
         self.fired_at = sent
-        return False
+        return gentle
 
 
 @dataclass
@@ -644,9 +648,12 @@ class Origin:
             else:
                 self._watches[path] = _Watch(hook)
 
-    def kill_after(self, path: str, after_bytes: int, pid: int) -> KillSwitch:
-        """SIGKILL ``pid`` once ``after_bytes`` more body bytes of ``path`` have been sent."""
-        switch = KillSwitch(pid, after_bytes)
+    def kill_after(
+        self, path: str, after_bytes: int, pid: int, signal_number: int = signal.SIGKILL
+    ) -> KillSwitch:
+        """SIGKILL ``pid`` (or send it ``signal_number``) once ``after_bytes`` more body bytes
+        of ``path`` have been sent."""
+        switch = KillSwitch(pid, after_bytes, signal_number=signal_number)
         self.on_body_progress(path, switch)
         return switch
 
