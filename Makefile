@@ -26,6 +26,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 unit: venv
+	scripts/ensure-tools.sh
 	$(PY) -m pytest
 
 test: lint unit
