@@ -31,6 +31,7 @@ from tests.support.archives import (
     tree_snapshot,
     write_tree,
 )
+from tests.support.events import PATIENCE_S
 from tests.support.origin import Faults, Origin
 
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset recognisable
@@ -310,17 +311,34 @@ def test_first_byte_delay(origin: Origin, client: httpx.Client) -> None:
     assert time.monotonic() - started >= 0.3
 
 
+def _read_response_start(sock: socket.socket, body_bytes: int) -> tuple[bytes, bytes]:
+    """The head of a response and its first body_bytes bytes, however slowly they come."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < body_bytes:
+        chunk = sock.recv(65536)
+        assert chunk, f"the origin closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
 def test_stall_after_hangs_until_the_client_gives_up(origin: Origin) -> None:
     origin.set_faults(PATH, Faults(stall_after=300, stall_times=1))
-    got = bytearray()
-    with httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as impatient:
-        with pytest.raises(httpx.ReadTimeout), impatient.stream("GET", origin.url(PATH)) as r:
-            for chunk in r.iter_raw():
-                got += chunk
-        assert bytes(got) == DATA[:300]
-        # The client closed its side; the origin notices and ends the stalled response.
-        origin.wait_idle(timeout=2.0)
-        assert impatient.get(origin.url(PATH)).content == DATA
+    with socket.create_connection(("127.0.0.1", origin.port), timeout=PATIENCE_S) as sock:
+        sock.sendall(b"GET /model.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _read_response_start(sock, 300)  # patient: a busy origin is not a stall
+        assert head.startswith(b"HTTP/1.1 200")
+        assert body == DATA[:300]
+        # Everything the origin wrote is here; a stalled origin writes nothing more and does not
+        # close, where a broken one would send the rest (data) or end the response (b"").
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)
+        assert [(r.body_bytes, r.fault, r.done) for r in origin.requests] == [(300, "stall", False)]
+    # The client gave up and closed its side; the origin notices and ends the stalled response.
+    origin.wait_idle(timeout=PATIENCE_S)
+    with httpx.Client(timeout=PATIENCE_S) as patient:
+        assert patient.get(origin.url(PATH)).content == DATA
     assert [(r.body_bytes, r.fault) for r in origin.requests] == [(300, "stall"), (len(DATA), None)]
 
 
