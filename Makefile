@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint unit demo bench e2e-kind clean
+.PHONY: venv test test-busy lint unit demo bench e2e-kind clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ unit: venv
 	$(PY) -m pytest
 
 test: lint unit
+
+# make test on a busy machine: two CPU hogs (stress-ng --cpu 2, else two Python loops) run
+# beside it and are stopped afterwards, pass or fail. BUSY_CPUS=N changes how many.
+test-busy: venv
+	PYTHON=$(PYTHON) sh scripts/busy.sh $(MAKE) test
 
 demo: venv
 	$(PY) scripts/demo.py
