@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import zstandard
 
 from tests.fetcher.conftest import sha256
 from tests.support.archives import py_archive
+from tests.support.events import PATIENCE_S, wait_until
 from tests.support.origin import Faults, Origin
 
 FETCH = [sys.executable, "-m", "fetcher"]
@@ -126,11 +126,9 @@ def test_a_signal_stops_with_128_plus_n_and_one_plain_line(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 10
-    while origin.bytes_sent("/m") < 200_000 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: origin.bytes_sent("/m") >= 200_000, what="200 kB sent")
     process.send_signal(number)
-    _, err = process.communicate(timeout=10)
+    _, err = process.communicate(timeout=PATIENCE_S)
     assert process.returncode == 128 + number, err  # 143 for SIGTERM, 130 for SIGINT
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"model-fetch: error: stopped by {number.name}"), last
@@ -210,12 +208,18 @@ def test_a_second_signal_exits_at_once(origin: Origin, tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 10
-    while origin.bytes_sent("/m") < 300_000 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=10)
+    wait_until(lambda: origin.bytes_sent("/m") >= 300_000, what="300 kB sent")
+
+    # Two signals that arrive before the handler ran for the first are one signal; so SIGTERM
+    # is sent until the process is gone: one of them lands after the first was handled. Taken
+    # as one, they would end in the orderly exit, with its last line, after the grace period.
+    def gone() -> bool:
+        if process.poll() is not None:
+            return True
+        process.send_signal(signal.SIGTERM)
+        return False
+
+    wait_until(gone, what="model-fetch to exit", poll=0.05)
+    _, err = process.communicate(timeout=PATIENCE_S)
     assert process.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM" not in err  # it left without the orderly last line
