@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -31,7 +30,7 @@ from tests.support.archives import (
     tree_snapshot,
     write_tree,
 )
-from tests.support.events import PATIENCE_S
+from tests.support.events import PATIENCE_S, wait_until
 from tests.support.origin import Faults, Origin
 
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset recognisable
@@ -421,21 +420,22 @@ def test_client_disconnects_print_nothing(
 
 
 def test_parallel_clients_are_served_concurrently(origin: Origin) -> None:
-    origin.set_faults(PATH, Faults(first_byte_delay=0.5))
-    results: list[int] = []
-
-    def fetch() -> None:
-        with httpx.Client(timeout=5.0) as c:
-            results.append(c.get(origin.url(PATH)).status_code)
-
-    threads = [threading.Thread(target=fetch) for _ in range(4)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5.0)
-    assert results == [200] * 4
-    assert time.monotonic() - started < 1.5  # one after the other would take 2 s
+    # Every response stalls after one byte: one after the other, the origin would never have
+    # more than one in flight; concurrently, all four hang at once.
+    origin.set_faults(PATH, Faults(stall_after=1))
+    clients = [socket.create_connection(("127.0.0.1", origin.port)) for _ in range(4)]
+    try:
+        for sock in clients:
+            sock.sendall(b"GET /model.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(
+            lambda: (
+                [(r.status, r.body_bytes, r.done) for r in origin.requests] == [(200, 1, False)] * 4
+            ),
+            what="four responses in flight at once",
+        )
+    finally:
+        for sock in clients:
+            sock.close()
     assert len({r.connection for r in origin.requests}) == 4
 
 
