@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_EXTRAS := webhook
 DEMO_STAMP  := $(VENV)/.demo-stamp
 
-.PHONY: venv test lint unit demo bench e2e-kind clean
+.PHONY: venv test test-busy lint unit demo bench e2e-kind clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,11 @@ $(DEMO_STAMP): pyproject.toml
 
 demo: $(DEMO_STAMP)
 	$(PY) scripts/demo.py
+
+# make test on a busy machine: two CPU hogs (stress-ng --cpu 2, else two Python loops) run
+# beside it and are stopped afterwards, pass or fail. BUSY_CPUS=N changes how many.
+test-busy: venv
+	PYTHON=$(PYTHON) sh scripts/busy.sh $(MAKE) test
 
 bench: venv
 	$(PY) bench/fetch.py

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -31,6 +30,7 @@ from tests.support.archives import (
     tree_snapshot,
     write_tree,
 )
+from tests.support.events import PATIENCE_S, wait_until
 from tests.support.origin import Faults, Origin
 
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset recognisable
@@ -310,17 +310,34 @@ def test_first_byte_delay(origin: Origin, client: httpx.Client) -> None:
     assert time.monotonic() - started >= 0.3
 
 
+def _read_response_start(sock: socket.socket, body_bytes: int) -> tuple[bytes, bytes]:
+    """The head of a response and its first body_bytes bytes, however slowly they come."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < body_bytes:
+        chunk = sock.recv(65536)
+        assert chunk, f"the origin closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
 def test_stall_after_hangs_until_the_client_gives_up(origin: Origin) -> None:
     origin.set_faults(PATH, Faults(stall_after=300, stall_times=1))
-    got = bytearray()
-    with httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as impatient:
-        with pytest.raises(httpx.ReadTimeout), impatient.stream("GET", origin.url(PATH)) as r:
-            for chunk in r.iter_raw():
-                got += chunk
-        assert bytes(got) == DATA[:300]
-        # The client closed its side; the origin notices and ends the stalled response.
-        origin.wait_idle(timeout=2.0)
-        assert impatient.get(origin.url(PATH)).content == DATA
+    with socket.create_connection(("127.0.0.1", origin.port), timeout=PATIENCE_S) as sock:
+        sock.sendall(b"GET /model.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _read_response_start(sock, 300)  # patient: a busy origin is not a stall
+        assert head.startswith(b"HTTP/1.1 200")
+        assert body == DATA[:300]
+        # Everything the origin wrote is here; a stalled origin writes nothing more and does not
+        # close, where a broken one would send the rest (data) or end the response (b"").
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)
+        assert [(r.body_bytes, r.fault, r.done) for r in origin.requests] == [(300, "stall", False)]
+    # The client gave up and closed its side; the origin notices and ends the stalled response.
+    origin.wait_idle(timeout=PATIENCE_S)
+    with httpx.Client(timeout=PATIENCE_S) as patient:
+        assert patient.get(origin.url(PATH)).content == DATA
     assert [(r.body_bytes, r.fault) for r in origin.requests] == [(300, "stall"), (len(DATA), None)]
 
 
@@ -403,21 +420,22 @@ def test_client_disconnects_print_nothing(
 
 
 def test_parallel_clients_are_served_concurrently(origin: Origin) -> None:
-    origin.set_faults(PATH, Faults(first_byte_delay=0.5))
-    results: list[int] = []
-
-    def fetch() -> None:
-        with httpx.Client(timeout=5.0) as c:
-            results.append(c.get(origin.url(PATH)).status_code)
-
-    threads = [threading.Thread(target=fetch) for _ in range(4)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5.0)
-    assert results == [200] * 4
-    assert time.monotonic() - started < 1.5  # one after the other would take 2 s
+    # Every response stalls after one byte: one after the other, the origin would never have
+    # more than one in flight; concurrently, all four hang at once.
+    origin.set_faults(PATH, Faults(stall_after=1))
+    clients = [socket.create_connection(("127.0.0.1", origin.port)) for _ in range(4)]
+    try:
+        for sock in clients:
+            sock.sendall(b"GET /model.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(
+            lambda: (
+                [(r.status, r.body_bytes, r.done) for r in origin.requests] == [(200, 1, False)] * 4
+            ),
+            what="four responses in flight at once",
+        )
+    finally:
+        for sock in clients:
+            sock.close()
     assert len({r.connection for r in origin.requests}) == 4
 
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 
 from tests.fetcher.conftest import run_fetch, sha256
 from tests.support.archives import make_tree, py_archive, tree_snapshot, write_tree
+from tests.support.events import checkpoint_progress, wait_until
 from tests.support.objectstores import (
     ACCESS_TOKEN,
     JWT_BEARER,
@@ -188,14 +188,20 @@ def test_s3_resume_after_sigkill(s3: S3, aws_env: pytest.MonkeyPatch, tmp_path: 
         sys.executable, "-m", "fetcher", "s3://private-models/llama/model.tar.zst", "-o", str(out),
         "--sha256", DIGEST, "--s3-endpoint", s3.url, "--connections", "2",
         "--chunk-size", "128K", "--max-disk-buffer", "512K", "--checkpoint-interval", "0.1",
-        "--max-bandwidth", "600K", *FAST,
+        "--max-bandwidth", "300K", *FAST,
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.2)
+    # Killed as soon as a checkpoint with progress in it is on disk, however long the start
+    # took: the throttle (about 4 s for the whole archive) keeps the run going until then.
+    checkpoint = out / ".model-fetch" / "checkpoint.json"
+    wait_until(
+        lambda: checkpoint_progress(checkpoint) > 0 or process.poll() is not None,
+        what="a checkpoint with progress",
+    )
     assert process.poll() is None, process.communicate()[1]
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    assert (out / ".model-fetch").exists()
+    assert 0 < checkpoint_progress(checkpoint) < len(ARCHIVE)
     command[command.index("--max-bandwidth") + 1] = "100M"
     try:
         final = subprocess.run(command, capture_output=True, text=True, timeout=60)

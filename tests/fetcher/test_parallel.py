@@ -48,8 +48,12 @@ def test_ranges_are_requested_in_order_over_several_connections(
     assert _extracted(out) == expected
     requests = [r for r in origin.requests if r.headers.get("range") != "bytes=0-0"]
     starts = [int(r.headers["range"].split("=")[1].split("-")[0]) for r in requests]
-    # Dispatched in order; concurrent connections may reach the server a little out of order.
-    assert all(abs(starts.index(s) - sorted(starts).index(s)) < 4 for s in starts)
+    # Dispatched in order: when a range reaches the server, every range before it was already
+    # taken by a connection, and each of the other three holds at most one it has not sent yet.
+    # How late a busy machine lets a connection send what it took does not change that.
+    for index, start in enumerate(starts):
+        taken_not_sent = [earlier for earlier in starts[index + 1 :] if earlier < start]
+        assert len(taken_not_sent) < 4, (start, taken_not_sent, starts)
     assert sorted(starts) == list(range(0, len(ARCHIVE), 256_000))
     assert all(r.status == 206 for r in requests)
     assert all(r.headers.get("if-match") == origin.etag("/m") for r in requests)

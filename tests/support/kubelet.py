@@ -95,12 +95,15 @@ def host_image(
 ) -> Image:
     """An image whose files are this machine's system, Python and project, read-only.
 
-    ``PATH`` starts with the virtualenv's ``bin``, as the fetcher image's starts with its venv's.
+    ``PATH`` starts with the virtualenv's ``bin``, as the fetcher image's starts with its venv's;
+    ``PYTHONPATH`` is the checkout, so the container runs the code the tests import.
     """
     venv = Path(sys.prefix)
     paths = {Path("/usr"), Path("/etc"), venv, Path(sys.base_prefix).resolve()}
-    # An editable install imports the project from its checkout.
-    paths.add(Path(__file__).resolve().parents[2])
+    # The project under test is this checkout, which an editable install of the virtualenv may
+    # not point at (a worktree sharing another checkout's venv): it goes first on the path.
+    project = Path(__file__).resolve().parents[2]
+    paths.add(project)
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         top = Path("/") / name
         if top.is_dir() and not top.is_symlink():
@@ -109,6 +112,7 @@ def host_image(
         "PATH": f"{venv / 'bin'}:{DEFAULT_PATH}",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(project),
         **(env or {}),
     }
     return Image(

@@ -8,12 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.events import PATIENCE_S, wait_until
 from tests.webhook.certs import Authority, issue, make_authority, write_pair
 from tests.webhook.kube import load_review
 from tests.webhook.serving import client_context, connect, post_json
@@ -24,6 +24,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 @pytest.fixture
@@ -57,24 +65,25 @@ def webhook_process(tmp_path: Path, authority: Authority) -> Iterator[tuple[subp
         stderr=subprocess.PIPE,
     )
     context = client_context(authority)
-    deadline = time.monotonic() + 15
-    while True:
+
+    def ready() -> bool:
         try:
             connection = connect(port, context)
             connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                connection.close()
-                break
+            status = connection.getresponse().status
+            connection.close()
         except OSError:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "webhook did not become ready"
-            time.sleep(0.05)
+            return False
+        return status == 200
+
+    wait_until(ready, what="the webhook to answer /readyz")  # however slow the start
     try:
         yield process, port
     finally:
         if process.poll() is None:
             process.kill()
-        process.wait(timeout=10)
+        process.wait(timeout=PATIENCE_S)
         if process.stderr is not None:
             process.stderr.close()
 
@@ -89,14 +98,22 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_zero(
         socket.create_connection(("127.0.0.1", port)) as raw,
         context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
+        # Expect: 100-continue makes the server say when the request is in flight: it answers
+        # "100 Continue" once the app, past the head, asks for the body.
         head = (
             f"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
         ).encode()
         tls.sendall(head + body[:100])  # the request has started but is not complete
-        time.sleep(0.3)
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            chunk = tls.recv(65536)
+            assert chunk, f"the server closed after {interim!r}"
+            interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        # The listener closes as the shutdown begins; the process must then stay to drain.
+        wait_until(lambda: _refused(port), what="the webhook to stop accepting connections")
         assert process.poll() is None  # still draining
         tls.sendall(body[100:])
         reply = b""
@@ -107,7 +124,7 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_zero(
     # the loop above ended, so the server closed the connection after answering
     review = json.loads(rest.partition(b"\r\n\r\n")[2])
     assert review["response"]["patchType"] == "JSONPatch"
-    assert process.wait(timeout=10) == 0
+    assert process.wait(timeout=PATIENCE_S) == 0
     assert process.stderr is not None
     lines = [json.loads(line) for line in process.stderr.read().decode().splitlines()]
     admissions = [line for line in lines if line["msg"] == "admission"]
@@ -125,6 +142,6 @@ def test_idle_keep_alive_connections_are_closed_and_new_ones_refused(
     assert connection.sock is not None
     assert connection.sock.recv(1) == b""  # the server closes the idle connection cleanly
     connection.close()
-    assert process.wait(timeout=10) == 0
+    assert process.wait(timeout=PATIENCE_S) == 0
     with pytest.raises(OSError):
         connect(port, client_context(authority)).request("GET", "/healthz")
