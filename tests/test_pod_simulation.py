@@ -540,7 +540,11 @@ def test_an_unreachable_source_fails_with_exit_5_and_a_capped_message(
         # Every origin answers 404: the last line names them all, far more than 4 KiB of it.
         mirrors = ",".join(origin.url(f"/gone/mirror-{n:03d}/model.tar.zst") for n in range(80))
         review = captured_review(
-            {"source": origin.url("/gone/model.tar.zst"), "mirrors": mirrors, "sha256": None}
+            {
+                "source": origin.url("/gone/model.tar.zst"),
+                "mirrors": mirrors,
+                "sha256": hashlib.sha256(archive).hexdigest(),
+            }
         )
         _, pod = admit(webhook, review)
         kubelet = Kubelet(pod, tmp_path / "node", images=images, config_maps=_root_ca())

@@ -40,14 +40,15 @@ def wait_until(
 
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint document at ``path``, or None while there is none (it is renamed into
-    place whole, so a present file always parses)."""
+    """The body of the checkpoint at ``path``, or None while there is none (it is renamed
+    into place whole, so a present file always parses)."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    assert isinstance(data, dict), data
-    return data
+    assert isinstance(data, dict) and isinstance(data.get("body"), dict), data
+    body: dict[str, Any] = data["body"]
+    return body
 
 
 def checkpoint_progress(path: Path) -> int:
@@ -56,5 +57,5 @@ def checkpoint_progress(path: Path) -> int:
     if data is None:
         return 0
     restore = data.get("restore") or {}
-    held = sum(int(end) - int(start) for start, end in data.get("chunks") or [])
+    held = sum(int(end) - int(start) for start, end in data.get("window") or [])
     return max(int(data.get("fetched_bytes") or 0), int(restore.get("position") or 0), held)
