@@ -106,6 +106,7 @@ def download(
             interval=request.checkpoint_interval,
             every_bytes=max(request.max_disk_buffer // 4, 1 << 20),
             flush=flush,
+            flush_window=source.sync if isinstance(source, Window) else lambda: None,
         )
         try:
             return run(

@@ -109,14 +109,7 @@ def run(
     try:
         for item in _received(_network_items(source, stages.hasher(), halt), stop):
             if item is None:
-                # Waiting for bytes: a checkpoint now may be what frees the window for them.
-                if stages.restorable and stages.at_boundary:
-                    if checkpointer.restore_due(stages.bytes) or checkpointer.progress_due(
-                        stats.bytes_received
-                    ):
-                        saver.restore_point()
-                elif checkpointer.progress_due(stats.bytes_received):
-                    saver.progress()
+                saver.while_waiting()
                 continue
             if isinstance(item, _End):
                 stages.finish()
@@ -138,8 +131,7 @@ def run(
             if stop.grace_over():
                 saver.last(at_restorable_point=stages.at_boundary)  # no clean point in time
                 stop.check()
-            if checkpointer.progress_due(stats.bytes_received):
-                saver.progress()  # no restorable point for a whole interval
+            saver.after_chunk()
             if progress.total is None and stats.identity:
                 progress.total = stats.identity.length
             progress.update(stages.bytes, stages.extracted_bytes)
@@ -223,6 +215,33 @@ class _Saver:
         self._checkpointer.save_progress(
             then=lambda: self._release(keep_from), received=self._stats.bytes_received
         )
+
+    def while_waiting(self) -> None:
+        """Waiting for bytes: a checkpoint now may be what frees the window for them."""
+        checkpointer, stages = self._checkpointer, self._stages
+        if stages.restorable and stages.at_boundary:
+            if checkpointer.restore_due(stages.bytes) or checkpointer.progress_due():
+                self.restore_point()
+        else:
+            self.after_chunk()
+
+    def after_chunk(self) -> None:
+        if self._checkpointer.progress_due():
+            self.progress()  # no restorable point for a whole interval
+        elif self._checkpointer.window_due(self._held_by_window()):
+            self.window()  # what the ranges brought ahead of the decoder
+
+    def _held_by_window(self) -> int | None:
+        """Bytes received while the window holds some ahead of the decoder; else None."""
+        if self._window is None or not self._window.holdings():
+            return None
+        return self._stats.bytes_received
+
+    def window(self) -> None:
+        """Only the window's holdings: the files and the restore point stay as last saved."""
+        checkpoint = self._checkpointer.checkpoint
+        self._common(checkpoint.position)
+        self._checkpointer.save_window(then=lambda: None, received=self._stats.bytes_received)
 
     def last(self, *, at_restorable_point: bool) -> None:
         """On the way out after a signal: one more checkpoint, on disk before exiting."""

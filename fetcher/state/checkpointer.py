@@ -6,10 +6,13 @@ Two clocks, because two kinds of save serve different ends:
   boundary, any byte of a plain stream): it is what bounds the bytes a kill costs. It is due
   every interval (or sooner when a quarter of the window lies behind the last one), and once
   due it is taken at the very next restorable point, whatever else was saved meanwhile.
-- a *progress* save, taken when no restorable point came for a whole interval, or when the
-  window received PROGRESS_BYTES since the last save, records the files finished since and
-  the ranges the window holds (so a kill does not lose what parallel ranges brought ahead of
-  the decoder), and frees window space that a restart would only fetch again.
+- a *progress* save, taken when no restorable point came for a whole interval, records the
+  files finished since and the ranges the window holds, and frees window space that a
+  restart would only fetch again;
+- a *window* save, taken when the window received PROGRESS_BYTES since the last save,
+  records only the ranges it holds, so that a kill does not lose what parallel ranges
+  brought ahead of the decoder. It vouches for the part file alone, so it flushes only that
+  file, not the volume.
 
 Saves are never declined. The flush (a syncfs of the volume) and the atomic write run on a
 thread of their own; a save asked for while one is being written waits in a single slot, and
@@ -38,6 +41,7 @@ MIN_SPACING = 0.25
 class _Save:
     blob: bytes
     then: Callable[[], None]
+    whole_volume: bool = True  # False: only the window's part file needs flushing
 
 
 class Checkpointer:
@@ -49,12 +53,14 @@ class Checkpointer:
         interval: float,
         every_bytes: int,
         flush: Callable[[], None],
+        flush_window: Callable[[], None] = lambda: None,
     ) -> None:
         self.path = path
         self.checkpoint = checkpoint
         self._interval = interval
         self._every_bytes = every_bytes
         self._flush = flush
+        self._flush_window = flush_window
         now = time.monotonic()
         # The first restorable point of every run is saved at once. Without a restore point
         # yet, a checkpoint without one then means that no boundary had been passed (which the
@@ -79,14 +85,20 @@ class Checkpointer:
             or position - self._last_restore_position >= self._every_bytes
         )
 
-    def progress_due(self, received: int) -> bool:
-        """received: bytes the source has brought so far in this run."""
+    def progress_due(self) -> bool:
         now = time.monotonic()
-        since_save = now - self._last_save_at
-        if since_save >= self._interval and now - self._last_restore_at >= self._interval:
-            return True
         return (
-            received - self._received_at_last_save >= PROGRESS_BYTES and since_save >= MIN_SPACING
+            now - self._last_save_at >= self._interval
+            and now - self._last_restore_at >= self._interval
+        )
+
+    def window_due(self, received: int | None) -> bool:
+        """received: bytes brought so far in this run while a window holds some ahead of the
+        decoder; None when it holds none."""
+        return (
+            received is not None
+            and received - self._received_at_last_save >= PROGRESS_BYTES
+            and time.monotonic() - self._last_save_at >= MIN_SPACING
         )
 
     # --- what ---------------------------------------------------------------------------
@@ -107,6 +119,13 @@ class Checkpointer:
         self._last_save_at = time.monotonic()
         self._submit(_Save(self.checkpoint.encode(), then))
 
+    def save_window(self, then: Callable[[], None], received: int) -> None:
+        """Only checkpoint.window changed: flush the part file, not the volume."""
+        self._raise_pending_error()
+        self._received_at_last_save = received
+        self._last_save_at = time.monotonic()
+        self._submit(_Save(self.checkpoint.encode(), then, whole_volume=False))
+
     def wait(self, *, reraise: bool = True) -> None:
         """Until every save asked for is on disk; re-raise what writing one raised."""
         with self._idle:
@@ -126,7 +145,11 @@ class Checkpointer:
             if self._pending is not None:
                 # Superseded: the newer blob holds the older one's state, and its release
                 # reaches at least as far (positions only move forward).
-                save = _Save(save.blob, _both(self._pending.then, save.then))
+                save = _Save(
+                    save.blob,
+                    _both(self._pending.then, save.then),
+                    self._pending.whole_volume or save.whole_volume,
+                )
             self._pending = save
             if self._writing:
                 return
@@ -143,7 +166,8 @@ class Checkpointer:
                     self._idle.notify_all()
                     return
             try:
-                self._flush()  # the files the checkpoint vouches for reach the disk first
+                # The files the checkpoint vouches for reach the disk first.
+                (self._flush if save.whole_volume else self._flush_window)()
                 save_checkpoint(self.path, save.blob)
                 self.written += 1
                 save.then()
