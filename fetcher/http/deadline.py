@@ -72,10 +72,15 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if getattr(_local, "deadline", None) is None:  # the body: no deadline, no detour
+            return self._inner.read(max_bytes, timeout)
         with _said_when_late():
             return self._inner.read(max_bytes, _remaining(timeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if getattr(_local, "deadline", None) is None:
+            self._inner.write(buffer, timeout)
+            return
         with _said_when_late():
             self._inner.write(buffer, _remaining(timeout))
 
