@@ -12,7 +12,8 @@ from fetcher.errors import UnsafeArchive
 from fetcher.http.client import make_client
 from fetcher.http.exchange import Identity
 from fetcher.http.ratelimit import RateLimiter, TokenBucket, Unlimited
-from fetcher.http.stores import Target, resolve
+from fetcher.http.stores import resolve
+from fetcher.http.target import Target
 from fetcher.pipeline import Stats, StopRequest, run
 from fetcher.progress import Progress
 from fetcher.request import FetchRequest

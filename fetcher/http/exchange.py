@@ -20,7 +20,8 @@ import httpx
 
 from fetcher.http.deadline import head_deadline
 from fetcher.http.retry import RETRYABLE_STATUS, OriginRefused, Retryable, retry_after
-from fetcher.http.stores import Target, refusal
+from fetcher.http.stores import refusal
+from fetcher.http.target import Target
 from fetcher.urls import basename
 
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")

@@ -21,7 +21,6 @@ import os
 import re
 import threading
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -29,6 +28,7 @@ import httpx
 
 from fetcher.errors import SourceUnreachable, UsageError
 from fetcher.http.retry import OriginRefused
+from fetcher.http.target import Target
 from fetcher.urls import redact
 
 STORE_SCHEMES = ("s3", "gs")
@@ -39,18 +39,6 @@ GCS_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 _SIGNED = ("range", "if-match", "if-range", "if-none-match")
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _ERROR_BODY_LIMIT = 16 * 1024
-
-
-@dataclass(frozen=True)
-class Target:
-    """One origin as httpx sees it: the URL, its signer, and how logs and errors name it."""
-
-    url: str
-    shown: str
-    auth: httpx.Auth | None = field(default=None, compare=False)
-    store: str = ""  # "s3", "gs", or "" for plain http(s)
-    region: str = ""
-    credentials: str = ""  # where they came from, e.g. "env", "iam-role", "anonymous"
 
 
 class StoreRefused(OriginRefused):

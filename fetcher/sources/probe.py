@@ -16,7 +16,7 @@ from fetcher.http.exchange import (
     read_answer,
 )
 from fetcher.http.retry import OriginRefused, Retryable, RetryPolicy, transport_errors_retryable
-from fetcher.http.stores import Target
+from fetcher.http.target import Target
 
 log = logging.getLogger("model-fetch")
 

@@ -33,7 +33,8 @@ from fetcher.http.exchange import (
 )
 from fetcher.http.ratelimit import RateLimiter
 from fetcher.http.retry import OriginRefused, Retryable, RetryPolicy, transport_errors_retryable
-from fetcher.http.stores import Target, given_up_line, unreachable
+from fetcher.http.stores import given_up_line, unreachable
+from fetcher.http.target import Target
 from fetcher.sources import SourceChanged, SourceStats
 from fetcher.sources.partfile import PartFile
 from fetcher.sources.ranges import RangeSet

@@ -33,7 +33,8 @@ from fetcher.http.retry import (
     RetryPolicy,
     transport_errors_retryable,
 )
-from fetcher.http.stores import StoreRefused, Target, unreachable
+from fetcher.http.stores import StoreRefused, unreachable
+from fetcher.http.target import Target
 from fetcher.sources import SourceChanged, SourceStats
 
 log = logging.getLogger("model-fetch")
