@@ -79,9 +79,7 @@ def remove_previous(output: Path, previous: Marker) -> None:
     journal = output / WORK_DIR_NAME / REMOVAL_JOURNAL
     journal.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(journal, json.dumps(previous.entries).encode())
-    remove_marker(output)
-    _remove_entries(output, previous.entries)
-    journal.unlink()
+    _remove_journalled(output, journal, previous.entries)
 
 
 def finish_interrupted_removal(output: Path) -> None:
@@ -97,6 +95,11 @@ def finish_interrupted_removal(output: Path) -> None:
         journal.unlink()
         return
     log.info("finishing the removal of the previous model (%d entries)", len(entries))
+    _remove_journalled(output, journal, entries)
+
+
+def _remove_journalled(output: Path, journal: Path, entries: list[str]) -> None:
+    """Marker first, then the entries, then the journal that named them."""
     remove_marker(output)
     _remove_entries(output, entries)
     journal.unlink()

@@ -228,14 +228,12 @@ class _Saver:
     def after_chunk(self) -> None:
         if self._checkpointer.progress_due():
             self.progress()  # no restorable point for a whole interval
-        elif self._checkpointer.window_due(self._held_by_window()):
+        elif (
+            self._window is not None
+            and self._checkpointer.window_due(self._stats.bytes_received)
+            and self._window.holdings()  # asked last: it takes the download's lock
+        ):
             self.window()  # what the ranges brought ahead of the decoder
-
-    def _held_by_window(self) -> int | None:
-        """Bytes received while the window holds some ahead of the decoder; else None."""
-        if self._window is None or not self._window.holdings():
-            return None
-        return self._stats.bytes_received
 
     def window(self) -> None:
         """Only the window's holdings: the files and the restore point stay as last saved."""

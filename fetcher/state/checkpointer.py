@@ -92,12 +92,11 @@ class Checkpointer:
             and now - self._last_restore_at >= self._interval
         )
 
-    def window_due(self, received: int | None) -> bool:
-        """received: bytes brought so far in this run while a window holds some ahead of the
-        decoder; None when it holds none."""
+    def window_due(self, received: int) -> bool:
+        """received: bytes brought so far in this run (the caller checks that a window holds
+        some of them ahead of the decoder)."""
         return (
-            received is not None
-            and received - self._received_at_last_save >= PROGRESS_BYTES
+            received - self._received_at_last_save >= PROGRESS_BYTES
             and time.monotonic() - self._last_save_at >= MIN_SPACING
         )
 

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.support import KIND_GENERATED, Manifest, copy_deploy, render, run_certs
+from tests.deploy.support import (
+    KIND_GENERATED,
+    Manifest,
+    copy_deploy,
+    only,
+    render,
+    run_certs,
+    settings_from,
+)
+from webhook.core.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +42,14 @@ def rendered(deploy_copy: Path) -> dict[str, list[Manifest]]:
         "kind": render(deploy_copy / "overlays" / "kind"),
         "cert-manager": render(deploy_copy / "overlays" / "cert-manager"),
     }
+
+
+@pytest.fixture(scope="module")
+def kind(rendered: dict[str, list[Manifest]]) -> list[Manifest]:
+    return rendered["kind"]
+
+
+@pytest.fixture(scope="module")
+def settings(kind: list[Manifest]) -> Iterator[Settings]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield settings_from(only(kind, "ConfigMap"), monkeypatch)

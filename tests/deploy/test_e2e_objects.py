@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +31,6 @@ from tests.deploy.support import (
     namespace_labels,
     only,
     selector_matches,
-    settings_from,
 )
 from tests.e2e.cluster import (
     FETCHER_IMAGE,
@@ -115,17 +113,6 @@ def model() -> Model:
 @pytest.fixture(scope="module")
 def objects(model: Model) -> dict[str, Manifest]:
     return {**dict(workloads(model).items()), "webhook_probe": webhook_probe()}
-
-
-@pytest.fixture(scope="module")
-def kind(rendered: dict[str, list[Manifest]]) -> list[Manifest]:
-    return rendered["kind"]
-
-
-@pytest.fixture(scope="module")
-def settings(kind: list[Manifest]) -> Iterator[Settings]:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        yield settings_from(only(kind, "ConfigMap"), monkeypatch)
 
 
 # --- how the apiserver would see it ----------------------------------------------------------

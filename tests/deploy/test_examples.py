@@ -16,7 +16,6 @@ import io
 import json
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -31,7 +30,6 @@ from tests.deploy.support import (
     only,
     render,
     selector_matches,
-    settings_from,
 )
 from tests.deploy.test_e2e_objects import (
     INJECT,
@@ -70,17 +68,6 @@ def load_generator() -> ModuleType:
 @pytest.fixture(scope="module")
 def examples(deploy_copy: Path) -> list[Manifest]:
     return render(deploy_copy / "examples")
-
-
-@pytest.fixture(scope="module")
-def kind(rendered: dict[str, list[Manifest]]) -> list[Manifest]:
-    return rendered["kind"]
-
-
-@pytest.fixture(scope="module")
-def settings(kind: list[Manifest]) -> Iterator[Settings]:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        yield settings_from(only(kind, "ConfigMap"), monkeypatch)
 
 
 @pytest.fixture(scope="module")
