@@ -15,17 +15,20 @@ the next restorable point, so the last checkpoint lands where a restart loses no
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from fetcher.errors import Interrupted, UnsafeArchive
 from fetcher.progress import Progress
 from fetcher.sources import Source, SourceStats, Window
 from fetcher.stages.chain import Stages
 from fetcher.stages.digest import ResumableSha256
+from fetcher.state.checkpoint import history_name, history_serial
 from fetcher.state.checkpointer import Checkpointer
 
 STOP_GRACE = 2.0
@@ -105,7 +108,11 @@ def run(
         if checkpointer.restore_due(position):
             saver.restore_point()
 
+    def restore_wanted(position: int) -> bool:
+        return stop.event.is_set() or checkpointer.restore_due(position)
+
     stages.on_restorable = on_restorable
+    stages.restore_wanted = restore_wanted
     try:
         for item in _received(_network_items(source, stages.hasher(), halt), stop):
             if item is None:
@@ -173,6 +180,11 @@ class _Saver:
         self._window = window
         self._window_size = window_size
         self._closed = False
+        self._state_dir = checkpointer.path.parent
+        restore = checkpointer.checkpoint.restore
+        kept = restore.decoder.history_serial if restore and restore.decoder else None
+        self._history_serial = 0 if kept is None else kept + 1
+        sweep_histories(self._state_dir, keep_from=self._history_serial, keep=kept)
 
     def _common(self, keep_from: int) -> None:
         checkpoint = self._checkpointer.checkpoint
@@ -195,14 +207,23 @@ class _Saver:
             return
         position = stages.bytes
         checkpoint = self._checkpointer.checkpoint
-        checkpoint.restore = stages.restore_point()
+        serial = self._history_serial
+        checkpoint.restore, history = stages.restore_point(serial)
+        if history is not None:
+            # Flushed with the volume before the checkpoint that names it is written.
+            (self._state_dir / history_name(serial)).write_bytes(history)
+            self._history_serial += 1
         # Files finished after this point are still read past on a restart from it.
         checkpoint.completed = {}
         stages.tree.completed.clear()
         self._common(position)
-        self._checkpointer.save_restore(
-            then=lambda: self._release(position), received=self._stats.bytes_received
-        )
+
+        def then() -> None:
+            self._release(position)
+            if history is not None:
+                sweep_histories(self._state_dir, keep_from=serial)
+
+        self._checkpointer.save_restore(then=then, received=self._stats.bytes_received)
 
     def progress(self) -> None:
         """No restorable point here: record finished files; keep at most half a window behind."""
@@ -251,6 +272,20 @@ class _Saver:
         else:
             self.progress()
         self._checkpointer.wait()
+
+
+def sweep_histories(state_dir: Path, *, keep_from: int, keep: int | None = None) -> None:
+    """Remove the decoder history files no checkpoint on disk names any more: those older
+    than keep_from, except keep."""
+    try:
+        paths = list(state_dir.iterdir())
+    except FileNotFoundError:
+        return
+    for path in paths:
+        serial = history_serial(path.name)
+        if serial is not None and serial < keep_from and serial != keep:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _network_items(

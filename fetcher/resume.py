@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from fetcher.request import FetchRequest
-from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint, RestorePoint, load_checkpoint
 from fetcher.state.files import remove_tree
 
 log = logging.getLogger("model-fetch")
@@ -50,10 +50,19 @@ def usable_checkpoint(request: FetchRequest) -> Checkpoint | None:
             )  # fmt: skip
         else:
             log.info(
-                "re-fetching %d bytes from byte %d, reusing %d held in the download window",
-                missing, checkpoint.position, held,
+                "re-fetching %d bytes from byte %d%s, reusing %d held in the download window",
+                missing, checkpoint.position, _where_inside(restore), held,
             )  # fmt: skip
     return checkpoint
+
+
+def _where_inside(restore: RestorePoint) -> str:
+    if restore.decoder is None:
+        return " (a frame or member boundary)"
+    return (
+        f" (inside a {restore.decoder.codec} frame or member, with "
+        f"{restore.decoder.history_size} bytes of its history kept)"
+    )
 
 
 def discard_state(request: FetchRequest) -> None:

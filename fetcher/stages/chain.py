@@ -7,22 +7,51 @@ the chunk is derived when, and only when, a checkpoint needs it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 from fetcher.formats import Compression, Layout, strip_suffix
 from fetcher.stages.decode import AutoDecoder, Chunk, Emit
 from fetcher.stages.digest import ResumableSha256
+from fetcher.stages.midstream import MidState
 from fetcher.stages.sinks import Sink, make_sink, resumed_sink
 from fetcher.stages.tree import SafeTree
-from fetcher.state.checkpoint import CompletedFile, RestorePoint, StateError
+from fetcher.state.checkpoint import (
+    CompletedFile,
+    DecoderPoint,
+    RestorePoint,
+    StateError,
+)
 
 # Called with the stream position at every point where all stages could be restored.
 OnRestorable = Callable[[int], None]
+# Asked with the stream position: whether a restore point is wanted soon.
+RestoreWanted = Callable[[int], bool]
+# The codec a decoder state names, for each compression that has one.
+CODECS = {Compression.ZSTD: "zstd", Compression.GZIP: "gzip", Compression.XZ: "xz"}
 
 
 def _never(position: int) -> None:
     return None
+
+
+def _not_wanted(position: int) -> bool:
+    return False
+
+
+def read_history(state_dir: Path, point: DecoderPoint) -> bytes:
+    """The history file a decoder state goes with, checked against what the state says."""
+    path = state_dir / point.history_name
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise StateError(
+            f"its decoder history {path.name} is unreadable ({error.strerror})"
+        ) from None
+    if len(data) != point.history_size or hashlib.sha256(data).hexdigest() != point.history_sha256:
+        raise StateError(f"its decoder history {path.name} does not match the checkpoint")
+    return data
 
 
 class Stages:
@@ -36,9 +65,11 @@ class Stages:
         max_extracted: int,
         resume: RestorePoint | None = None,
         already_complete: dict[int, CompletedFile] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         """Fresh stages, or (resume) stages carried on from a checkpoint's restore point.
 
+        state_dir holds the history a restore point inside a frame goes with.
         Raises StateError when the restore point does not fit this request or the disk.
         """
         self.staging = staging
@@ -46,10 +77,12 @@ class Stages:
         self.bytes = 0
         self.compression: Compression | None = None
         self.on_restorable: OnRestorable = _never
+        self.restore_wanted: RestoreWanted = _not_wanted
         self._sink: Sink | None = None
         self._layout = layout
         self._file_name = file_name
         self._resume = resume
+        mid_state: MidState | None = None
         try:
             if resume:
                 self.bytes = resume.position
@@ -59,6 +92,8 @@ class Stages:
                         f"the checkpoint decoded {found.value}, not the {compression.value} asked"
                     )
                 compression = found
+                if resume.decoder is not None:
+                    mid_state = _mid_state(resume.decoder, compression, state_dir)
                 self.tree.restore(resume.tree, already_complete or {})
                 self._hash_before = ResumableSha256.from_state(resume.sha256_state)
             else:
@@ -68,9 +103,20 @@ class Stages:
         except ValueError as error:  # StateError, or a digest state that does not check out
             self.tree.release()
             raise StateError(str(error)) from None
-        self._decoder = AutoDecoder(compression, self._on_detect, self._on_boundary)
         self._chunk: memoryview = memoryview(b"")
         self._chunk_start = self.bytes
+        self._reported_at = -1  # the last position on_restorable was called with
+        try:
+            self._decoder = AutoDecoder(
+                compression,
+                self._on_detect,
+                self._on_boundary,
+                lambda: self.restore_wanted(self._chunk_start),
+                mid_state,
+            )
+        except StateError:
+            self.tree.release()
+            raise
 
     def hasher(self) -> ResumableSha256:
         """The digest of every byte before the first one these stages will be fed."""
@@ -92,30 +138,48 @@ class Stages:
         self._hash_before = hash_before
         self._decoder.feed(self._chunk)
         self.bytes = self._chunk_start + len(self._chunk)
-        if self._decoder.started and self._decoder.at_boundary:
-            self.on_restorable(self.bytes)
+        if self._decoder.started and self._decoder.at_boundary and self._reported_at != self.bytes:
+            self._report()
 
     def _on_boundary(self, offset: int) -> None:
-        """A frame or member ended at offset in the current chunk; everything before is out."""
-        if offset < len(self._chunk):
-            self.bytes = self._chunk_start + offset
-            self.on_restorable(self.bytes)
+        """The decoder can be restored at offset in the current chunk (a frame or member end,
+        or a point inside one it can carry on from); everything before is out."""
+        self.bytes = self._chunk_start + offset
+        self._report()
+
+    def _report(self) -> None:
+        self._reported_at = self.bytes
+        self.on_restorable(self.bytes)
 
     def _hash_state(self) -> bytes:
         hasher = self._hash_before.copy()
         hasher.update(self._chunk[: self.bytes - self._chunk_start])
         return hasher.export_state()
 
-    def restore_point(self) -> RestorePoint:
-        """Every stage's state at self.bytes; valid only inside on_restorable."""
+    def restore_point(self, history_serial: int) -> tuple[RestorePoint, bytes | None]:
+        """Every stage's state at self.bytes, and the decoder history to store as the file
+        history_serial names (None: a frame boundary needs none); valid only inside
+        on_restorable, or at a boundary."""
         assert self._sink is not None and self.compression is not None
-        return RestorePoint(
+        mid = self._decoder.mid_state()
+        decoder = None
+        if mid is not None:
+            decoder = DecoderPoint(
+                mid.codec,
+                mid.fields,
+                history_serial,
+                len(mid.history),
+                hashlib.sha256(mid.history).hexdigest(),
+            )
+        point = RestorePoint(
             self.bytes,
             self._hash_state(),
             self.compression.value,
             self._sink.state(),
             self.tree.state(),
+            decoder,
         )
+        return point, None if mid is None else mid.history
 
     @property
     def at_boundary(self) -> bool:
@@ -146,3 +210,11 @@ class Stages:
 
     def release(self) -> None:
         self.tree.release()
+
+
+def _mid_state(point: DecoderPoint, compression: Compression, state_dir: Path | None) -> MidState:
+    if CODECS.get(compression) != point.codec:
+        raise StateError(f"its decoder state is {point.codec}'s, not {compression.value}'s")
+    if state_dir is None:
+        raise StateError("its decoder history has no state directory to be read from")
+    return MidState(point.codec, point.fields, read_history(state_dir, point))

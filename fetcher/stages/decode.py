@@ -17,6 +17,8 @@ import zstandard
 
 from fetcher.errors import CorruptArchive
 from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compression, preview
+from fetcher.stages.midstream import MidState, RestoreWanted, never_wanted
+from fetcher.state.checkpoint import StateError
 
 NAMES = {
     Compression.ZSTD: "zstd",
@@ -49,11 +51,20 @@ class Decoder(Protocol):
     def at_boundary(self) -> bool:
         """True when every byte fed so far belongs to complete frames or members."""
 
+    def mid_state(self) -> MidState | None:
+        """Inside an on_boundary call: the state to carry on from there, None at a frame or
+        member boundary (where a fresh decoder takes over)."""
+
 
 class IdentityDecoder:
     """Every byte is a boundary; the caller checks at_boundary after each feed."""
 
-    def __init__(self, emit: Emit, on_boundary: OnBoundary = _ignore_boundary) -> None:
+    def __init__(
+        self,
+        emit: Emit,
+        on_boundary: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
+    ) -> None:
         self._emit = emit
 
     def feed(self, data: Chunk) -> None:
@@ -67,6 +78,9 @@ class IdentityDecoder:
     @property
     def at_boundary(self) -> bool:
         return True
+
+    def mid_state(self) -> MidState | None:
+        return None
 
 
 class _ZstdFrameScanner:
@@ -193,7 +207,12 @@ class _EmitWriter:
 class ZstdDecoder:
     """Single- and multi-frame zstd, skippable frames included (pzstd writes them)."""
 
-    def __init__(self, emit: Emit, on_boundary: OnBoundary = _ignore_boundary) -> None:
+    def __init__(
+        self,
+        emit: Emit,
+        on_boundary: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
+    ) -> None:
         self._scanner = _ZstdFrameScanner()
         self._on_boundary = on_boundary
         self._writer = zstandard.ZstdDecompressor().stream_writer(
@@ -229,13 +248,21 @@ class ZstdDecoder:
     def at_boundary(self) -> bool:
         return not self._scanner.in_frame
 
+    def mid_state(self) -> MidState | None:
+        return None
+
 
 class _MemberDecoder:
     """Concatenated members (gzip), streams (xz) or streams (bzip2), one stdlib object each."""
 
     name = ""
 
-    def __init__(self, emit: Emit, on_boundary: OnBoundary = _ignore_boundary) -> None:
+    def __init__(
+        self,
+        emit: Emit,
+        on_boundary: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
+    ) -> None:
         self._emit = emit
         self._on_boundary = on_boundary
         self._current: _StdlibDecompressor | None = None
@@ -285,6 +312,9 @@ class _MemberDecoder:
     @property
     def at_boundary(self) -> bool:
         return self._current is None
+
+    def mid_state(self) -> MidState | None:
+        return None
 
 
 class GzipDecoder(_MemberDecoder):
@@ -342,7 +372,7 @@ class _ZlibAdapter:
         return output
 
 
-_DECODERS: dict[Compression, Callable[[Emit, OnBoundary], Decoder]] = {
+_DECODERS: dict[Compression, Callable[[Emit, OnBoundary, RestoreWanted], Decoder]] = {
     Compression.NONE: IdentityDecoder,
     Compression.ZSTD: ZstdDecoder,
     Compression.GZIP: GzipDecoder,
@@ -351,10 +381,33 @@ _DECODERS: dict[Compression, Callable[[Emit, OnBoundary], Decoder]] = {
 }
 
 
+# Decoders that carry on from inside a frame or member, by the codec name in their MidState.
+_RESUMERS: dict[
+    str, tuple[Compression, Callable[[MidState, Emit, OnBoundary, RestoreWanted], Decoder]]
+] = {}
+
+
 def make_decoder(
-    compression: Compression, emit: Emit, on_boundary: OnBoundary = _ignore_boundary
+    compression: Compression,
+    emit: Emit,
+    on_boundary: OnBoundary = _ignore_boundary,
+    restore_wanted: RestoreWanted = never_wanted,
 ) -> Decoder:
-    return _DECODERS[compression](emit, on_boundary)
+    return _DECODERS[compression](emit, on_boundary, restore_wanted)
+
+
+def resume_decoder(
+    compression: Compression,
+    state: MidState,
+    emit: Emit,
+    on_boundary: OnBoundary = _ignore_boundary,
+    restore_wanted: RestoreWanted = never_wanted,
+) -> Decoder:
+    """A decoder carrying on from inside a frame or member; StateError if state is not one."""
+    found = _RESUMERS.get(state.codec)
+    if found is None or found[0] is not compression:
+        raise StateError(f"a {state.codec} decoder state cannot resume {NAMES[compression]} data")
+    return found[1](state, emit, on_boundary, restore_wanted)
 
 
 class AutoDecoder:
@@ -365,13 +418,23 @@ class AutoDecoder:
         compression: Compression | None,
         on_detect: Callable[[Compression], Emit],
         on_boundary: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
+        mid_state: MidState | None = None,
     ) -> None:
+        """mid_state: carry on inside a frame or member (compression must then be given),
+        where there is no magic number to look at."""
         self._compression = compression
         self._on_detect = on_detect
         self._on_boundary = on_boundary
+        self._restore_wanted = restore_wanted
         self._head_offset = 0  # bytes of the current feed that were held back as the head
         self._head = bytearray()
         self._inner: Decoder | None = None
+        if mid_state is not None:
+            assert compression is not None
+            self._inner = resume_decoder(
+                compression, mid_state, on_detect(compression), self._boundary, restore_wanted
+            )
 
     def feed(self, data: Chunk) -> None:
         if self._inner is None:
@@ -402,7 +465,9 @@ class AutoDecoder:
                 "--format it has",
             )
         compression = wanted or found
-        self._inner = make_decoder(compression, self._on_detect(compression), self._boundary)
+        self._inner = make_decoder(
+            compression, self._on_detect(compression), self._boundary, self._restore_wanted
+        )
         head = bytes(self._head)
         self._head.clear()
         return head
@@ -421,3 +486,6 @@ class AutoDecoder:
     @property
     def at_boundary(self) -> bool:
         return self._inner is None or self._inner.at_boundary
+
+    def mid_state(self) -> MidState | None:
+        return None if self._inner is None else self._inner.mid_state()

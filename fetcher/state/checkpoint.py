@@ -304,16 +304,78 @@ class SinkState:
 COMPRESSIONS = ("none", "zst", "gz", "xz", "bz2")
 
 
+HISTORY_PREFIX = "history-"
+# The decoder's own fields stay small; the history they go with is a file of its own.
+MAX_DECODER_FIELDS = 256 << 10
+MAX_HISTORY = 1 << 31
+
+
+@dataclass(frozen=True)
+class DecoderPoint:
+    """A decoder's state inside a frame or member, and the history file that goes with it."""
+
+    VERSION = 1
+    codec: str
+    fields: Json
+    history_serial: int  # the file is HISTORY_PREFIX + serial + ".bin" in the state directory
+    history_size: int
+    history_sha256: str
+
+    @property
+    def history_name(self) -> str:
+        return history_name(self.history_serial)
+
+    def to_json(self) -> Json:
+        return {"v": self.VERSION, "codec": self.codec, "fields": self.fields,
+                "history_serial": self.history_serial, "history_size": self.history_size,
+                "history_sha256": self.history_sha256}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "decoder") -> DecoderPoint:
+        _version(data, where, cls.VERSION)
+        codec = _str(data, "codec", where)
+        if codec not in MID_STREAM_CODECS:
+            raise StateError(f"{where}.codec {codec!r} is unknown")
+        fields = _get(data, "fields", where)
+        if not isinstance(fields, dict):
+            raise StateError(f"{where}.fields is not an object")
+        if len(json.dumps(fields)) > MAX_DECODER_FIELDS:
+            raise StateError(f"{where}.fields is larger than {MAX_DECODER_FIELDS} bytes")
+        size = _int(data, "history_size", where)
+        if size > MAX_HISTORY:
+            raise StateError(f"{where}.history_size {size} is larger than {MAX_HISTORY}")
+        digest = _str(data, "history_sha256", where)
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise StateError(f"{where}.history_sha256 is not a SHA-256 in hexadecimal")
+        return cls(codec, fields, _int(data, "history_serial", where), size, digest)
+
+
+def history_name(serial: int) -> str:
+    return f"{HISTORY_PREFIX}{serial}.bin"
+
+
+def history_serial(name: str) -> int | None:
+    """The serial in a history file's name, None for any other name."""
+    middle = name.removeprefix(HISTORY_PREFIX).removesuffix(".bin")
+    if len(middle) + len(HISTORY_PREFIX) + 4 != len(name) or not middle.isdigit():
+        return None
+    return int(middle)
+
+
+MID_STREAM_CODECS = ("zstd", "gzip", "xz")
+
+
 @dataclass(frozen=True)
 class RestorePoint:
     """Every stage's state at one stream position: a run can carry on from here."""
 
-    VERSION = 1
+    VERSION = 2
     position: int
     sha256_state: bytes
     compression: str
     sink: SinkState
     tree: TreeState
+    decoder: DecoderPoint | None = None  # None: the position is a frame or member boundary
 
     def to_json(self) -> Json:
         return {
@@ -323,6 +385,7 @@ class RestorePoint:
             "compression": self.compression,
             "sink": self.sink.to_json(),
             "tree": self.tree.to_json(),
+            "decoder": self.decoder.to_json() if self.decoder else None,
         }
 
     @classmethod
@@ -341,6 +404,7 @@ class RestorePoint:
             compression,
             SinkState.from_json(_get(data, "sink", where), f"{where}.sink"),
             TreeState.from_json(_get(data, "tree", where), f"{where}.tree"),
+            _optional(data, "decoder", where, DecoderPoint.from_json),
         )
 
 
