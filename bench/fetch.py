@@ -194,6 +194,17 @@ for _n in (1, 2, 4, 8):
     )(_model_fetch("--connections", str(_n)))
 
 
+CGROUP = BENCH / "_cgroup.py"
+for _cores in ("0.5", "1"):
+    method(
+        f"model-fetch-cpu{_cores}",
+        f"model-fetch URL --sha256 HEX -o DIR under a CPU quota of {_cores} core (the container's"
+        " limit; needs root)",
+        leaves=frozenset({MARKER}),
+        fetcher=True,
+    )(lambda ctx, _cores=_cores: [str(PYTHON), str(CGROUP), _cores, "--", *_model_fetch()(ctx)])
+
+
 @method(
     "model-fetch-streaming",
     f"model-fetch as of {STREAMING_REV}: one ordered stream, before parallel ranges",
