@@ -30,6 +30,8 @@ from fetcher.logs import configure
 from fetcher.pipeline import StopRequest
 from fetcher.progress import Progress
 from fetcher.request import AUTO_CONNECTIONS, FetchRequest
+from fetcher.sourcefrom import add_option as add_source_from_option
+from fetcher.sourcefrom import delivered
 from fetcher.termination import DEFAULT_PATH as DEFAULT_TERMINATION_LOG
 from fetcher.termination import write_result
 from fetcher.units import parse_rate, parse_size
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-interval", metavar="SECONDS", type=float, default=5.0,
         help="seconds between progress lines when stderr is not a terminal",
     )  # fmt: skip
+    add_source_from_option(parser)
     return parser
 
 
@@ -177,6 +180,9 @@ def _format_from_name(
 
 
 def request_from_args(args: argparse.Namespace) -> FetchRequest:
+    if args.source_from_configmap is not None:
+        source = delivered(args.source_from_configmap, args.url, args.mirror, args.sha256)
+        args.url, args.mirror, args.sha256 = source.url, source.mirrors, source.sha256
     for url in (args.url, *args.mirror):
         validate_url(url)
         if is_store_url(url):
