@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 from fetcher.errors import UsageError
-from fetcher.urls import redact, validate_url
+from fetcher.urls import validate_url
 
 log = logging.getLogger("model-fetch")
 
@@ -90,9 +90,7 @@ class _Keys:
             raise self.error(key, " is empty", "put the URL of the model under that key")
         if _SPACE_OR_CONTROL.search(value):
             raise self.error(
-                key,
-                f": {_shown(redact(value))} has spaces or control characters",
-                "expected one URL per entry",
+                key, " has spaces, line breaks or control characters", "expected one URL"
             )
         try:
             return validate_url(value)
