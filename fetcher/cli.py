@@ -30,8 +30,8 @@ from fetcher.logs import configure
 from fetcher.pipeline import StopRequest
 from fetcher.progress import Progress
 from fetcher.request import AUTO_CONNECTIONS, FetchRequest
-from fetcher.sourcefrom import add_option as add_source_from_option
-from fetcher.sourcefrom import delivered
+from fetcher.sourcefrom import add_options as add_source_from_options
+from fetcher.sourcefrom import from_args as source_from_configmap
 from fetcher.termination import DEFAULT_PATH as DEFAULT_TERMINATION_LOG
 from fetcher.termination import write_result
 from fetcher.units import parse_rate, parse_size
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-interval", metavar="SECONDS", type=float, default=5.0,
         help="seconds between progress lines when stderr is not a terminal",
     )  # fmt: skip
-    add_source_from_option(parser)
+    add_source_from_options(parser)
     return parser
 
 
@@ -181,7 +181,7 @@ def _format_from_name(
 
 def request_from_args(args: argparse.Namespace) -> FetchRequest:
     if args.source_from_configmap is not None:
-        source = delivered(args.source_from_configmap, args.url, args.mirror, args.sha256)
+        source = source_from_configmap(args)
         args.url, args.mirror, args.sha256 = source.url, source.mirrors, source.sha256
     for url in (args.url, *args.mirror):
         validate_url(url)

@@ -12,6 +12,11 @@ ConfigMap and the key to fix:
 - `mirrors` is optional: an unexpanded reference means none; a present value is a
   comma-separated list of URLs with no empty entry.
 
+Every URL is also held to the webhook's scheme and host policy, which it passes along
+(--allowed-schemes, --allowed-hosts) because it never saw the URLs: the same patterns, matched
+the same way (a host pattern matches an http(s) host; only a pattern naming a scheme,
+`s3://team-*`, matches a bucket; `*` alone matches everything).
+
 Surrounding whitespace is dropped first (`kubectl create configmap --from-file` keeps a file's
 final newline), as the webhook drops it around annotation values.
 """
@@ -23,9 +28,11 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 from fetcher.errors import UsageError
-from fetcher.urls import validate_url
+from fetcher.urls import redact, validate_url
 
 log = logging.getLogger("model-fetch")
 
@@ -45,28 +52,57 @@ class Delivered:
     sha256: str | None
 
 
-def add_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+@dataclass(frozen=True)
+class Policy:
+    schemes: tuple[str, ...] | None  # None: any scheme the fetcher reads
+    hosts: tuple[str, ...]
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("values delivered by a ConfigMap")
+    group.add_argument(
         OPTION,
         metavar="NAME",
         help="URL, --sha256 and --mirror came from the keys source, sha256 and mirrors of "
         "ConfigMap NAME (as the kubelet expands $(VAR) references): check them as such, read "
         "a --mirror value as a comma-separated list, and name the key in any error",
     )
+    group.add_argument(
+        "--allowed-schemes",
+        metavar="LIST",
+        help=f"with {OPTION}: the URL schemes admitted, such as https,s3 (default: all)",
+    )
+    group.add_argument(
+        "--allowed-hosts",
+        metavar="PATTERNS",
+        default="*",
+        help=f"with {OPTION}: host patterns admitted, such as *.example.com,s3://team-* "
+        "(default: *)",
+    )
 
 
-def delivered(config_map: str, url: str, mirrors: list[str], sha256: str | None) -> Delivered:
+def from_args(args: argparse.Namespace) -> Delivered:
     """The values as the fetch should use them; raises UsageError naming the key at fault."""
-    keys = _Keys(config_map)
+    keys = _Keys(args.source_from_configmap, _policy(args.allowed_schemes, args.allowed_hosts))
     return Delivered(
-        url=keys.url("source", url),
+        url=keys.url("source", args.url),
         mirrors=[
             mirror
-            for value in mirrors
+            for value in args.mirror
             if not _is_unexpanded(value)
             for mirror in keys.mirrors(value)
         ],
-        sha256=keys.sha256(sha256),
+        sha256=keys.sha256(args.sha256),
+    )
+
+
+def _policy(schemes: str | None, hosts: str) -> Policy:
+    def items(text: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in text.split(",") if item.strip())
+
+    return Policy(
+        schemes=tuple(s.lower() for s in items(schemes)) if schemes is not None else None,
+        hosts=items(hosts),
     )
 
 
@@ -75,8 +111,9 @@ def _is_unexpanded(value: str) -> bool:
 
 
 class _Keys:
-    def __init__(self, config_map: str) -> None:
+    def __init__(self, config_map: str, policy: Policy) -> None:
         self.config_map = config_map
+        self.policy = policy
 
     def error(self, key: str, problem: str, hint: str) -> UsageError:
         """`problem` follows the key: "is empty", or ": <value> is not ..."."""
@@ -93,9 +130,13 @@ class _Keys:
                 key, " has spaces, line breaks or control characters", "expected one URL"
             )
         try:
-            return validate_url(value)
+            validate_url(value)
         except UsageError as error:
             raise self.error(key, f": {error.message}", error.hint) from None
+        refused = _refused_by(self.policy, value)
+        if refused:
+            raise self.error(key, f": {redact(value)!r} {refused}", "ask for it to be allowed")
+        return value
 
     def mirrors(self, value: str) -> list[str]:
         items = [item.strip() for item in value.split(",")]
@@ -126,6 +167,24 @@ class _Keys:
                 "sha256", f": {_shown(value)} is not 64 hexadecimal characters", expected
             )
         return value.lower()
+
+
+def _refused_by(policy: Policy, url: str) -> str | None:
+    """Why the policy refuses `url` (already a valid URL), or None."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if policy.schemes is not None and scheme not in policy.schemes:
+        allowed = ", ".join(f"{s}://" for s in policy.schemes)
+        return f"is not allowed: its scheme is not one of {allowed}"
+    if scheme in ("s3", "gs"):
+        named = f"{scheme}://{parts.netloc}"
+        patterns = [p for p in policy.hosts if p == "*" or "://" in p]
+    else:
+        named = (parts.hostname or "").lower()
+        patterns = [p.lower() for p in policy.hosts]
+    if any(fnmatchcase(named, pattern) for pattern in patterns):
+        return None
+    return f"is not allowed: {named} matches none of the allowed hosts {', '.join(policy.hosts)}"
 
 
 def _shown(value: str) -> str:

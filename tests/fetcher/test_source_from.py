@@ -22,11 +22,17 @@ NO_MIRRORS = "$(MODEL_FETCH_MIRRORS)"
 
 
 def fetch_from_configmap(
-    out: Path, source: str, sha256_value: str = NO_SHA256, mirrors: str = NO_MIRRORS
+    out: Path,
+    source: str,
+    sha256_value: str = NO_SHA256,
+    mirrors: str = NO_MIRRORS,
+    *,
+    policy: tuple[str, str] = ("https,http,s3,gs", "*"),
 ) -> int:
     """model-fetch with the webhook's source-from arguments, values as the kubelet gave them."""
     return run_fetch(
         "--source-from-configmap", CONFIG_MAP,
+        "--allowed-schemes", policy[0], "--allowed-hosts", policy[1],
         f"--sha256={sha256_value}", f"--mirror={mirrors}",
         "-o", out, *FAST_RETRIES,
         "--", source,
@@ -155,6 +161,64 @@ def test_what_a_configmap_key_got_wrong_exits_2_naming_the_key(
     (reported,) = err.strip().splitlines()  # one line, and nothing fetched before it
     assert reported.startswith(f"model-fetch: error: {line}"), reported
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "policy", "line"),
+    [
+        (
+            "http://models.example.com/m.tar.zst", ("https", "*"),
+            "ConfigMap \"llm-config\" key \"source\": 'http://models.example.com/m.tar.zst' is "
+            "not allowed: its scheme is not one of https://; ask for it to be allowed",
+        ),
+        (
+            "https://evil.example.org/m.tar.zst", ("https", "*.example.com,s3://ml-*"),
+            "ConfigMap \"llm-config\" key \"source\": 'https://evil.example.org/m.tar.zst' is "
+            "not allowed: evil.example.org matches none of the allowed hosts *.example.com, "
+            "s3://ml-*",
+        ),
+        (
+            # A host pattern never admits a bucket, even one of the same name.
+            "s3://models.example.com/m.tar.zst", ("https,s3", "*.example.com"),
+            "is not allowed: s3://models.example.com matches none of the allowed hosts",
+        ),
+    ],
+    ids=["scheme", "host", "bucket"],
+)  # fmt: skip
+def test_the_webhooks_policy_holds_for_urls_it_never_saw(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+    policy: tuple[str, str],
+    line: str,
+) -> None:
+    assert fetch_from_configmap(tmp_path / "out", source, policy=policy) == 2
+    assert line in last_line(capsys)
+
+
+def test_a_mirror_outside_the_policy_is_refused_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = fetch_from_configmap(
+        tmp_path / "out",
+        "https://a.example.com/m.tar.zst",
+        mirrors="https://b.example.com/m.tar.zst,https://c.example.net/m.tar.zst",
+        policy=("https", "*.example.com"),
+    )
+    assert code == 2
+    assert "key \"mirrors\": 'https://c.example.net/m.tar.zst' is not allowed" in last_line(capsys)
+
+
+def test_patterns_admit_what_the_webhook_admits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = py_archive(TREE, "zst")
+    with Origin() as origin:
+        origin.add("/m.tar.zst", archive)
+        code = fetch_from_configmap(
+            tmp_path / "out", origin.url("/m.tar.zst"), policy=("HTTPS,http", "127.0.0.*,x.org")
+        )
+    assert code == 0, capsys.readouterr().err
 
 
 def test_a_url_credential_in_the_configmap_is_not_repeated(

@@ -120,11 +120,16 @@ def test_source_with_source_from_is_refused_alongside_every_other_problem() -> N
         assert f"{PREFIX}{key} and {PREFIX}source-from are both set" in message
 
 
-def test_source_from_is_refused_where_policy_admits_only_some_hosts() -> None:
-    policy = Settings(allowed_hosts=["models.example.com"])
-    message = refusal(captured({**WITHOUT_SOURCE, "source-from": "llm-config"}), policy)
-    assert message.startswith(f'{PREFIX}source-from: "llm-config" is not valid; expected no ')
-    assert "models.example.com" in message
+def test_source_from_hands_the_host_and_scheme_policy_to_the_fetcher() -> None:
+    policy = Settings(allowed_schemes=["https", "s3"], allowed_hosts=["*.example.com", "s3://ml-*"])
+    pod, _ = admitted(captured({**WITHOUT_SOURCE, "source-from": "llm-config"}), policy)
+    args = container(pod, "model-fetch")["args"]
+    assert args[2:6] == [
+        "--allowed-schemes",
+        "https,s3",
+        "--allowed-hosts",
+        "*.example.com,s3://ml-*",
+    ]
 
 
 @pytest.mark.parametrize("value", ["1MODEL", "MODEL-DIR", "MODEL DIR", "MODEL.DIR", "$(X)", "é"])
@@ -226,6 +231,10 @@ def test_source_from_gives_the_fetch_container_alone_configmap_env_and_reference
     assert fetch["args"] == [
         "--source-from-configmap",
         "llm-config",
+        "--allowed-schemes",
+        "https",
+        "--allowed-hosts",
+        "*",
         "--sha256=$(MODEL_FETCH_SHA256)",
         "--mirror=$(MODEL_FETCH_MIRRORS)",
         "-o",

@@ -284,15 +284,6 @@ class _ModelReader:
         if not _is_dns_subdomain(name):
             self.refuse("source-from", _SOURCE_CONFIGMAP)
             return None
-        if self.settings.allowed_hosts != ["*"]:
-            # The URL is read by the kubelet when the container starts: the webhook never sees
-            # it, so a host policy could not be kept.
-            self.refuse(
-                "source-from",
-                f"no source-from while the webhook admits only some hosts "
-                f"({', '.join(self.settings.allowed_hosts)}); set the source annotation instead",
-            )
-            return None
         return name
 
     def password_secret(self, extract: ExtractMode) -> SecretKey | None:

@@ -35,13 +35,19 @@ def reference(name: str) -> str:
     return f"$({name})"
 
 
-def fetch_args(spec: ModelSpec) -> list[str]:
+def fetch_args(spec: ModelSpec, settings: Settings) -> list[str]:
     """The fetcher command line for `spec`, in the order the fetcher documents."""
     if spec.source_from:
-        # `--opt=value` and a URL after `--`: a value that starts with '-' stays a value.
+        # The URLs are known only when the container starts: the fetcher holds them to the
+        # policy the webhook would have held the annotations to. `--opt=value` and a URL
+        # after `--`: a value that starts with '-' stays a value.
         args = [
             "--source-from-configmap",
             spec.source_from,
+            "--allowed-schemes",
+            literal(",".join(settings.allowed_schemes)),
+            "--allowed-hosts",
+            literal(",".join(settings.allowed_hosts)),
             f"--sha256={reference(SHA256_ENV)}",
             f"--mirror={reference(MIRRORS_ENV)}",
         ]
@@ -193,7 +199,7 @@ def fetch_container(spec: ModelSpec, settings: Settings) -> Container:
         "image": settings.fetcher_image,
         "imagePullPolicy": settings.fetcher_pull_policy,
         "command": [FETCH_COMMAND],
-        "args": fetch_args(spec),
+        "args": fetch_args(spec, settings),
         "resources": {
             "requests": {
                 "cpu": spec.resources.cpu_request,
