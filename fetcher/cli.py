@@ -169,7 +169,8 @@ def _format_from_name(
     if unread:
         raise UsageError(
             f"{name}: {unread} archives are not read by model-fetch",
-            "repack it as .tar.zst (model-fetch reads tar, tar.zst, tar.gz, tar.xz, tar.bz2), "
+            "repack it as .tar.zst (model-fetch reads tar, tar.zst, tar.gz, tar.xz, tar.bz2, "
+            "tar.lz4), "
             "or give --format none to store the file as it is",
         )
     implied = implied_by_name(name)

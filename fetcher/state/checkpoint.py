@@ -301,7 +301,7 @@ class SinkState:
         return cls(layout, _bytes(data, "head", where, limit=511), tar)
 
 
-COMPRESSIONS = ("none", "zst", "gz", "xz", "bz2")
+COMPRESSIONS = ("none", "zst", "gz", "xz", "bz2", "lz4")
 
 
 @dataclass(frozen=True)
