@@ -18,9 +18,14 @@ class Compression(enum.Enum):
 
 
 class Layout(enum.Enum):
-    """What the decompressed bytes are: a tar archive, a single file, or not known yet."""
+    """What the decompressed bytes are: a tar or zip archive, a single file, or not known yet.
+
+    A zip is read only when its name or --format says so, never from its magic bytes: many
+    files that are zip archives inside (PyTorch .pt, .npz, .keras) are models stored whole.
+    """
 
     TAR = "tar"
+    ZIP = "zip"
     FILE = "file"
     DETECT = "detect"
 
@@ -33,6 +38,7 @@ FORMAT_CHOICES = (
     "tar.xz",
     "tar.bz2",
     "tar.lz4",
+    "zip",
     "zst",
     "gz",
     "xz",
@@ -73,6 +79,8 @@ def parse_format(text: str) -> tuple[Compression | None, Layout]:
         return Compression.NONE, Layout.FILE
     if text == "tar":
         return Compression.NONE, Layout.TAR
+    if text == "zip":
+        return Compression.NONE, Layout.ZIP
     if text.startswith("tar."):
         return Compression(text.removeprefix("tar.")), Layout.TAR
     return Compression(text), Layout.DETECT
@@ -115,6 +123,7 @@ _NAMED = (
     ((".tar.bz2", ".tbz2", ".tbz"), Compression.BZIP2, Layout.TAR),
     ((".tar.lz4",), Compression.LZ4, Layout.TAR),
     ((".tar",), Compression.NONE, Layout.TAR),
+    ((".zip",), Compression.NONE, Layout.ZIP),
     ((".zst", ".zstd"), Compression.ZSTD, Layout.DETECT),
     ((".gz", ".gzip"), Compression.GZIP, Layout.DETECT),
     ((".xz",), Compression.XZ, Layout.DETECT),
@@ -122,7 +131,7 @@ _NAMED = (
     ((".lz4",), Compression.LZ4, Layout.DETECT),
 )
 # Formats people name archives with that this fetcher does not read (README says why).
-UNREAD_SUFFIXES = (".zip", ".7z", ".rar")
+UNREAD_SUFFIXES = (".7z", ".rar")
 
 
 def implied_by_name(name: str) -> tuple[Compression, Layout] | None:
