@@ -82,6 +82,7 @@ def download(
             max_extracted=request.max_extracted,
             resume=checkpoint.restore,
             already_complete=dict(checkpoint.completed),
+            password=request.password,
         )
         # The sources stop when the decoder is done with them, not at the signal itself.
         halt = threading.Event()

@@ -36,6 +36,7 @@ class Stages:
         max_extracted: int,
         resume: RestorePoint | None = None,
         already_complete: dict[int, CompletedFile] | None = None,
+        password: bytes | None = None,
     ) -> None:
         """Fresh stages, or (resume) stages carried on from a checkpoint's restore point.
 
@@ -50,6 +51,7 @@ class Stages:
         self._layout = layout
         self._file_name = file_name
         self._resume = resume
+        self._password = password
         try:
             if resume:
                 self.bytes = resume.position
@@ -80,9 +82,14 @@ class Stages:
         self.compression = compression
         name = strip_suffix(self._file_name, compression)
         if self._resume is None:
-            self._sink = make_sink(self._layout, self.tree, name)
+            self._sink = make_sink(
+                self._layout, self.tree, name, self._on_sink_boundary, password=self._password
+            )
         else:
-            self._sink = resumed_sink(self._resume.sink, self.tree, name, self._layout)
+            self._sink = resumed_sink(
+                self._resume.sink, self.tree, name, self._layout, self._on_sink_boundary,
+                start=self._resume.position, password=self._password,
+            )  # fmt: skip
         return self._sink.write
 
     def feed(self, chunk: Chunk, hash_before: ResumableSha256) -> None:
@@ -92,7 +99,7 @@ class Stages:
         self._hash_before = hash_before
         self._decoder.feed(self._chunk)
         self.bytes = self._chunk_start + len(self._chunk)
-        if self._decoder.started and self._decoder.at_boundary:
+        if self._decoder.started and self.at_boundary:
             self.on_restorable(self.bytes)
 
     def _on_boundary(self, offset: int) -> None:
@@ -100,6 +107,13 @@ class Stages:
         if offset < len(self._chunk):
             self.bytes = self._chunk_start + offset
             self.on_restorable(self.bytes)
+
+    def _on_sink_boundary(self, position: int) -> None:
+        """The sink (zip, undecoded) can restart at this stream position; within this chunk only,
+        where the digest state is known."""
+        if self._chunk_start <= position <= self._chunk_start + len(self._chunk):
+            self.bytes = position
+            self.on_restorable(position)
 
     def _hash_state(self) -> bytes:
         hasher = self._hash_before.copy()
@@ -120,7 +134,8 @@ class Stages:
     @property
     def at_boundary(self) -> bool:
         """Whether the decoder stands at a boundary after the last whole chunk fed."""
-        return self._decoder.at_boundary
+        sink_ready = self._sink is None or self._sink.at_boundary
+        return self._decoder.at_boundary and sink_ready
 
     @property
     def restorable(self) -> bool:
@@ -142,7 +157,11 @@ class Stages:
         compression = self.compression or Compression.NONE
         if layout is Layout.TAR:
             return "tar" if compression is Compression.NONE else f"tar.{compression.value}"
+        if layout is Layout.ZIP:
+            return "zip"
         return compression.value if compression is not Compression.NONE else "file"
 
     def release(self) -> None:
+        if self._sink is not None:
+            self._sink.release()
         self.tree.release()
