@@ -30,6 +30,8 @@ from fetcher.logs import configure
 from fetcher.pipeline import StopRequest
 from fetcher.progress import Progress
 from fetcher.request import AUTO_CONNECTIONS, FetchRequest
+from fetcher.sourcefrom import add_options as add_source_from_options
+from fetcher.sourcefrom import from_args as source_from_configmap
 from fetcher.termination import DEFAULT_PATH as DEFAULT_TERMINATION_LOG
 from fetcher.termination import write_result
 from fetcher.units import parse_rate, parse_size
@@ -44,7 +46,8 @@ exit codes: 0 success, 2 usage, 3 checksum mismatch, 4 unsafe or corrupt archive
 
 sizes take K/M/G (decimal) and Ki/Mi/Gi (binary); a rate may end in /s.
 --auth-from env:NAME or file:PATH names where the Authorization header value is kept
-(e.g. "Bearer ..."); the value itself never appears in arguments or logs.
+(e.g. "Bearer ..."); the value itself never appears in arguments or logs. --password-from
+names an encrypted zip's password (ZipCrypto or WinZip AES) the same way.
 
 s3:// URLs use the AWS credential chain (AWS_ACCESS_KEY_ID..., IRSA, container and instance
 credentials; none: anonymous) and AWS_REGION; gs:// URLs use Google Application Default
@@ -105,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for another model-fetch working in DIR to finish",
     )  # fmt: skip
     parser.add_argument("--auth-from", metavar="env:NAME|file:PATH")
+    parser.add_argument(
+        "--password-from", metavar="env:NAME|file:PATH",
+        help="where the password of an encrypted zip is kept (its value never in arguments)",
+    )  # fmt: skip
     parser.add_argument("--ca-bundle", metavar="FILE", type=Path)
     parser.add_argument(
         "--s3-endpoint", metavar="URL",
@@ -125,28 +132,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-interval", metavar="SECONDS", type=float, default=5.0,
         help="seconds between progress lines when stderr is not a terminal",
     )  # fmt: skip
+    add_source_from_options(parser)
     return parser
 
 
-def read_authorization(spec: str) -> str:
+def read_secret(spec: str, option: str = "--auth-from") -> str:
+    """The value kept where spec (env:NAME or file:PATH) says; errors name the place, never
+    the value."""
     kind, _, where = spec.partition(":")
     if kind == "env":
         value = os.environ.get(where)
         if not value:
             raise UsageError(
-                f"--auth-from env:{where}: the environment variable is not set",
+                f"{option} env:{where}: the environment variable is not set",
                 f"add the key {where} to the credentials Secret",
             )
     elif kind == "file":
         try:
             value = Path(where).read_text().strip()
         except OSError as error:
-            raise UsageError(f"--auth-from file:{where}: {error.strerror}") from None
+            raise UsageError(f"{option} file:{where}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{option} file:{where}: the file is not UTF-8 text") from None
+        if not value:
+            raise UsageError(f"{option} file:{where}: the file is empty")
     else:
-        raise UsageError(f"--auth-from {spec!r}", "use env:NAME or file:PATH")
+        # Not echoed: what was given in place of a place may be the secret itself.
+        raise UsageError(f"{option} takes env:NAME or file:PATH", "name where the value is kept")
     if "\n" in value or "\r" in value:
-        raise UsageError(f"--auth-from {kind}:{where}: the value spans several lines")
+        raise UsageError(f"{option} {kind}:{where}: the value spans several lines")
     return value
+
+
+def read_authorization(spec: str) -> str:
+    return read_secret(spec, "--auth-from")
+
+
+def read_password(spec: str) -> bytes:
+    """A zip password as the bytes the archiver used: its UTF-8 encoding."""
+    return read_secret(spec, "--password-from").encode("utf-8")
 
 
 def _connections(value: str) -> tuple[int, bool]:
@@ -169,7 +193,8 @@ def _format_from_name(
     if unread:
         raise UsageError(
             f"{name}: {unread} archives are not read by model-fetch",
-            "repack it as .tar.zst (model-fetch reads tar, tar.zst, tar.gz, tar.xz, tar.bz2), "
+            "repack it as .tar.zst (model-fetch reads tar, tar.zst, tar.gz, tar.xz, tar.bz2, "
+            "tar.lz4 and zip), "
             "or give --format none to store the file as it is",
         )
     implied = implied_by_name(name)
@@ -177,6 +202,9 @@ def _format_from_name(
 
 
 def request_from_args(args: argparse.Namespace) -> FetchRequest:
+    if args.source_from_configmap is not None:
+        source = source_from_configmap(args)
+        args.url, args.mirror, args.sha256 = source.url, source.mirrors, source.sha256
     for url in (args.url, *args.mirror):
         validate_url(url)
         if is_store_url(url):
@@ -212,6 +240,7 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
             low_speed_time=args.low_speed_time,
         ),
         authorization=read_authorization(args.auth_from) if args.auth_from else None,
+        password=read_password(args.password_from) if args.password_from else None,
         ca_bundle=args.ca_bundle,
         s3_endpoint=args.s3_endpoint,
         s3_region=args.s3_region,

@@ -83,6 +83,7 @@ def download(
             resume=checkpoint.restore,
             already_complete=dict(checkpoint.completed),
             state_dir=request.state_dir,
+            password=request.password,
         )
         # The sources stop when the decoder is done with them, not at the signal itself.
         halt = threading.Event()

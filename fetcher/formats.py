@@ -14,12 +14,18 @@ class Compression(enum.Enum):
     GZIP = "gz"
     XZ = "xz"
     BZIP2 = "bz2"
+    LZ4 = "lz4"
 
 
 class Layout(enum.Enum):
-    """What the decompressed bytes are: a tar archive, a single file, or not known yet."""
+    """What the decompressed bytes are: a tar or zip archive, a single file, or not known yet.
+
+    A zip is read only when its name or --format says so, never from its magic bytes: many
+    files that are zip archives inside (PyTorch .pt, .npz, .keras) are models stored whole.
+    """
 
     TAR = "tar"
+    ZIP = "zip"
     FILE = "file"
     DETECT = "detect"
 
@@ -31,10 +37,13 @@ FORMAT_CHOICES = (
     "tar.gz",
     "tar.xz",
     "tar.bz2",
+    "tar.lz4",
+    "zip",
     "zst",
     "gz",
     "xz",
     "bz2",
+    "lz4",
     "none",
 )
 
@@ -48,12 +57,14 @@ _MAGIC = (
     (b"\x1f\x8b", Compression.GZIP),
     (b"\xfd7zXZ\x00", Compression.XZ),
     (b"BZh", Compression.BZIP2),
+    (b"\x04\x22\x4d\x18", Compression.LZ4),
 )
 SUFFIXES = {
     Compression.ZSTD: (".zst", ".zstd"),
     Compression.GZIP: (".gz", ".gzip"),
     Compression.XZ: (".xz",),
     Compression.BZIP2: (".bz2",),
+    Compression.LZ4: (".lz4",),
     Compression.NONE: (),
 }
 
@@ -68,6 +79,8 @@ def parse_format(text: str) -> tuple[Compression | None, Layout]:
         return Compression.NONE, Layout.FILE
     if text == "tar":
         return Compression.NONE, Layout.TAR
+    if text == "zip":
+        return Compression.NONE, Layout.ZIP
     if text.startswith("tar."):
         return Compression(text.removeprefix("tar.")), Layout.TAR
     return Compression(text), Layout.DETECT
@@ -108,14 +121,17 @@ _NAMED = (
     ((".tar.gz", ".tgz"), Compression.GZIP, Layout.TAR),
     ((".tar.xz", ".txz"), Compression.XZ, Layout.TAR),
     ((".tar.bz2", ".tbz2", ".tbz"), Compression.BZIP2, Layout.TAR),
+    ((".tar.lz4",), Compression.LZ4, Layout.TAR),
     ((".tar",), Compression.NONE, Layout.TAR),
+    ((".zip",), Compression.NONE, Layout.ZIP),
     ((".zst", ".zstd"), Compression.ZSTD, Layout.DETECT),
     ((".gz", ".gzip"), Compression.GZIP, Layout.DETECT),
     ((".xz",), Compression.XZ, Layout.DETECT),
     ((".bz2",), Compression.BZIP2, Layout.DETECT),
+    ((".lz4",), Compression.LZ4, Layout.DETECT),
 )
-# Formats people name archives with that this fetcher does not read.
-UNREAD_SUFFIXES = (".zip", ".lz4", ".tar.lz4", ".7z", ".rar")
+# Formats people name archives with that this fetcher does not read (README says why).
+UNREAD_SUFFIXES = (".7z", ".rar")
 
 
 def implied_by_name(name: str) -> tuple[Compression, Layout] | None:

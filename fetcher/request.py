@@ -29,6 +29,7 @@ class FetchRequest:
     max_extracted: int = 10**12
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     authorization: str | None = field(default=None, repr=False)
+    password: bytes | None = field(default=None, repr=False)  # of an encrypted zip
     ca_bundle: Path | None = None
     s3_endpoint: str | None = None
     s3_region: str | None = None

@@ -8,6 +8,10 @@ command, args and env, under its securityContext, in a mount namespace where its
 its mountPath (tests/support/kubelet.py). Finally the app containers, with their read-only mount,
 see the verified tree and cannot write to it.
 
+The source-from, password-secret and env cases resolve the injected env as the kubelet does,
+from dicts standing for the ConfigMap and the Secret, and expand `$(VAR)` in the args by the
+Kubernetes rules: what the fetcher validates is exactly what a node would hand it.
+
 The object-store cases put the same archive in moto's S3 (IAM and signatures enforced) and in a
 GCS emulator, both on 127.0.0.1, and hand the fetch container its keys through a Secret exactly
 as the injected envFrom and secret volume deliver them.
@@ -34,7 +38,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from tests.support.archives import File, Symlink, Tree, py_archive, tree_snapshot
+from tests.support.archives import File, Symlink, Tree, py_archive, tree_snapshot, write_tree
 from tests.support.kubelet import (
     ContainerConfigError,
     ContainerResult,
@@ -713,3 +717,266 @@ def test_gs_source_with_a_service_account_key_from_the_credentials_secret(
     files = dict(probe_app(kubelet, "metrics", "/models")["files"])
     assert files.pop(".model-fetch.json")
     assert files == _expected_files()
+
+
+# --- source-from, password-secret, env --------------------------------------------------------
+
+CONFIG_MAP = "llm-config"
+CLAIM = "llm-cache"
+NEW_MODEL_PATH = "/llama-3.1-8b.tar.zst"
+NEW_MIRROR_PATH = "/mirror/llama-3.1-8b.tar.zst"
+NEW_TREE: Tree = {
+    "config.json": b'{"architectures": ["LlamaForCausalLM"], "rope_scaling": {"factor": 8}}\n',
+    "weights/model.safetensors": hashlib.sha256(b"v3.1").digest() * 50000,
+}
+SOURCE_FROM = {"source": None, "sha256": None, "mirrors": None, "source-from": CONFIG_MAP}
+
+# Run inside an app container: where the env annotation's variable points, and what is there.
+ENV_PROBE = r"""
+import hashlib, json, os, sys
+root = os.environ[sys.argv[1]]
+files = {}
+for dirpath, _, filenames in os.walk(root):
+    for name in filenames:
+        path = os.path.join(dirpath, name)
+        with open(path, "rb") as handle:
+            files[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
+print(json.dumps({"root": root, "files": files}))
+"""
+
+
+def probe_env(kubelet: Kubelet, name: str, variable: str) -> dict[str, Any]:
+    result = kubelet.run(name, exec_argv=[sys.executable, "-c", ENV_PROBE, variable])
+    assert result.returncode == 0, result.stderr
+    seen: dict[str, Any] = json.loads(result.stdout)
+    return seen
+
+
+def _digests(tree: Tree) -> dict[str, str]:
+    return {
+        path: hashlib.sha256(entry.data if isinstance(entry, File) else entry).hexdigest()
+        for path, entry in tree.items()
+        if isinstance(entry, (bytes, File))
+    }
+
+
+def _claim(tmp_path: Path) -> dict[str, Path]:
+    """The PersistentVolumeClaim's volume: one directory every pod of the test mounts."""
+    volume = tmp_path / "pv" / CLAIM
+    volume.mkdir(parents=True)
+    return {CLAIM: volume}
+
+
+def test_source_from_fetches_what_the_configmap_names_and_a_changed_configmap_replaces_it(
+    tmp_path: Path, webhook: Webhook, images: dict[str, Image], archive: bytes
+) -> None:
+    new_archive = py_archive(NEW_TREE, "zst")
+    digest, new_hex = hashlib.sha256(archive).hexdigest(), hashlib.sha256(new_archive).hexdigest()
+    claims = _claim(tmp_path)
+    with Origin() as origin:
+        _serve_model(origin, archive)
+        origin.add(NEW_MODEL_PATH, new_archive)
+        origin.add(NEW_MIRROR_PATH, new_archive)
+        review = captured_review(
+            {**SOURCE_FROM, "volume": "pvc", "pvc-name": CLAIM, "env": "MODEL_DIR"}
+        )
+        _, pod = admit(webhook, review)
+        container = fetch_container(pod)
+        assert origin.url(MODEL_PATH) not in json.dumps(pod)  # the URL is the ConfigMap's
+        assert container["args"][-2:] == ["--", "$(MODEL_FETCH_SOURCE)"]
+        assert restricted_violations(pod, "model-fetch") == []
+
+        # `kubectl create configmap llm-config --from-literal=source=... --from-file=sha256`:
+        # the file's final newline comes along.
+        config_maps = {
+            **_root_ca(),
+            CONFIG_MAP: {"source": origin.url(MODEL_PATH), "sha256": digest + "\n"},
+        }
+        first = Kubelet(
+            pod, tmp_path / "node-a", images=images, config_maps=config_maps, claims=claims
+        )
+        fetched = first.run("model-fetch")
+        assert result_ok(fetched, digest)
+        # The kubelet's expansion: keys the ConfigMap has are values, the absent optional
+        # mirrors key stays a literal reference, which the fetcher reads as no mirrors.
+        assert fetched.argv[:9] == [
+            "model-fetch",
+            "--source-from-configmap",
+            CONFIG_MAP,
+            "--allowed-schemes",
+            "https,http,s3,gs",
+            "--allowed-hosts",
+            f"127.0.0.1,s3://{BUCKET},gs://{BUCKET}",
+            f"--sha256={digest}\n",
+            "--mirror=$(MODEL_FETCH_MIRRORS)",
+        ]
+        assert fetched.argv[-1] == origin.url(MODEL_PATH)
+        assert "MODEL_FETCH_MIRRORS" not in fetched.env
+        for name in ("server", "metrics"):
+            seen = probe_env(first, name, "MODEL_DIR")
+            assert seen["root"] == "/models"
+            files = dict(seen["files"])
+            assert files.pop(".model-fetch.json")
+            assert files == _expected_files()
+
+        # The ConfigMap is edited; a pod started again without a rollout (same claim) reads it.
+        config_maps[CONFIG_MAP] = {
+            "source": origin.url(NEW_MODEL_PATH),
+            "sha256": new_hex,
+            "mirrors": origin.url(NEW_MIRROR_PATH),
+        }
+        origin.clear_log()
+        second = Kubelet(
+            pod, tmp_path / "node-b", images=images, config_maps=config_maps, claims=claims
+        )
+        replaced = second.run("model-fetch")
+        assert result_ok(replaced, new_hex)
+        assert replaced.argv[8] == f"--mirror={origin.url(NEW_MIRROR_PATH)}"
+        assert {r.path for r in origin.requests} <= {NEW_MODEL_PATH, NEW_MIRROR_PATH}
+        assert origin.requests
+        assert "replacing" in replaced.stderr
+
+        # Started once more with the ConfigMap unchanged: the marker answers, no network.
+        origin.clear_log()
+        assert result_ok(second.run("model-fetch"), new_hex)
+        assert origin.requests == []
+
+    seen = probe_env(second, "server", "MODEL_DIR")
+    files = dict(seen["files"])
+    assert json.loads((claims[CLAIM] / ".model-fetch.json").read_text())["sha256"] == new_hex
+    assert files.pop(".model-fetch.json")
+    assert files == _digests(NEW_TREE)  # nothing of the old model is left
+
+
+def result_ok(result: ContainerResult, digest: str) -> bool:
+    """A fetch that ended well and verified `digest`, as its termination message says."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    message = json.loads(result.termination_message)
+    assert message["status"] == "ok"
+    assert message["sha256"] == digest and message["sha256_verified"] is True
+    return True
+
+
+@pytest.mark.parametrize("value", ["", "  \n", "not-a-digest", "sha256:" + "ab" * 32])
+def test_a_configmap_with_a_bad_sha256_fails_the_fetch_with_exit_2_naming_the_key(
+    tmp_path: Path, webhook: Webhook, images: dict[str, Image], archive: bytes, value: str
+) -> None:
+    with Origin() as origin:
+        _serve_model(origin, archive)
+        _, pod = admit(webhook, captured_review(SOURCE_FROM))
+        config_maps = {
+            **_root_ca(),
+            CONFIG_MAP: {"source": origin.url(MODEL_PATH), "sha256": value},
+        }
+        kubelet = Kubelet(pod, tmp_path / "node", images=images, config_maps=config_maps)
+        fetched = kubelet.run("model-fetch")
+        assert origin.requests == []  # refused before any download
+
+    assert fetched.returncode == 2, fetched.stderr
+    reason = json.loads(failure_reason(fetched))
+    assert reason["exit_code"] == 2
+    assert reason["message"].startswith(f'ConfigMap "{CONFIG_MAP}" key "sha256"'), reason
+    assert "\n" not in reason["message"]
+    assert not (kubelet.volume_dir("model") / ".model-fetch.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"sha256": "ab" * 32}, f"couldn't find key source in ConfigMap ml/{CONFIG_MAP}"),
+        # The webhook requires a digest (MODEL_INJECTOR_REQUIRE_SHA256): so does the env ref.
+        (
+            {"source": "https://h/m.tar.zst"},
+            f"couldn't find key sha256 in ConfigMap ml/{CONFIG_MAP}",
+        ),
+        (None, f'configmap "{CONFIG_MAP}" not found'),
+    ],
+    ids=["no-source", "no-sha256-under-policy", "no-configmap"],
+)
+def test_a_configmap_without_a_required_key_never_starts_the_fetch_container(
+    tmp_path: Path,
+    webhook: Webhook,
+    images: dict[str, Image],
+    data: dict[str, str] | None,
+    reason: str,
+) -> None:
+    _, pod = admit(webhook, captured_review(SOURCE_FROM))
+    config_maps = {**_root_ca(), **({CONFIG_MAP: data} if data is not None else {})}
+    kubelet = Kubelet(pod, tmp_path / "node", images=images, config_maps=config_maps)
+    # CreateContainerConfigError: the kubelet retries, reading the ConfigMap again each time.
+    with pytest.raises(ContainerConfigError, match=reason):
+        kubelet.run("model-fetch")
+
+
+ZIP_PASSWORD = "correct horse $(battery) staple"
+ZIP_TREE: Tree = {
+    "config.json": b'{"architectures": ["LlamaForCausalLM"]}\n',
+    "tokenizer/tokenizer.json": b'{"version": "1.0"}\n' * 500,
+    "weights/model.safetensors": bytes(range(256)) * 4096,
+}
+
+
+def _aes_zip(tmp_path: Path) -> bytes:
+    """A zip with AES-256 encrypted entries, made by 7-Zip itself."""
+    source = write_tree(ZIP_TREE, tmp_path / "zip-src")
+    target = tmp_path / "model.zip"
+    subprocess.run(
+        ["7z", "a", "-tzip", "-mem=AES256", f"-p{ZIP_PASSWORD}", str(target), "."],
+        cwd=source,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return target.read_bytes()
+
+
+def test_password_secret_opens_an_aes_zip_in_the_fetch_container_alone(
+    tmp_path: Path, webhook: Webhook, images: dict[str, Image]
+) -> None:
+    archive = _aes_zip(tmp_path)
+    digest = hashlib.sha256(archive).hexdigest()
+    with Origin() as origin:
+        origin.add("/llama.zip", archive)
+        review = captured_review(
+            {
+                "source": origin.url("/llama.zip"),
+                "sha256": digest,
+                "mirrors": None,
+                "password-secret": "model-zip/password",
+                "env": "MODEL_DIR",
+            }
+        )
+        _, pod = admit(webhook, review)
+        container = fetch_container(pod)
+        assert container["env"] == [
+            {
+                "name": "MODEL_FETCH_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "model-zip", "key": "password"}},
+            }
+        ]
+        assert container["args"][-4:-2] == ["--password-from", "env:MODEL_FETCH_PASSWORD"]
+        assert ZIP_PASSWORD not in json.dumps(pod)
+        for app in pod["spec"]["containers"]:
+            assert "model-zip" not in json.dumps(app)
+        assert restricted_violations(pod, "model-fetch") == []
+
+        # `kubectl create secret generic model-zip --from-literal=password=...`
+        secrets = {"model-zip": {"password": ZIP_PASSWORD}}
+        kubelet = Kubelet(
+            pod, tmp_path / "node", images=images, secrets=secrets, config_maps=_root_ca()
+        )
+        fetched = kubelet.run("model-fetch")
+        assert_fetched(fetched, container)
+        assert fetched.env["MODEL_FETCH_PASSWORD"] == ZIP_PASSWORD
+        assert ZIP_PASSWORD not in " ".join(fetched.argv)
+        assert ZIP_PASSWORD not in fetched.stdout + fetched.stderr + fetched.termination_message
+        assert result_ok(fetched, digest)
+
+    for name in ("server", "metrics"):
+        seen = probe_env(kubelet, name, "MODEL_DIR")
+        assert seen["root"] == "/models"
+        files = dict(seen["files"])
+        assert files.pop(".model-fetch.json")
+        assert files == _digests(ZIP_TREE)
+        app = kubelet.run(name, exec_argv=["env"])
+        assert ZIP_PASSWORD not in app.stdout

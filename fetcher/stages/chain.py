@@ -66,6 +66,7 @@ class Stages:
         resume: RestorePoint | None = None,
         already_complete: dict[int, CompletedFile] | None = None,
         state_dir: Path | None = None,
+        password: bytes | None = None,
     ) -> None:
         """Fresh stages, or (resume) stages carried on from a checkpoint's restore point.
 
@@ -82,6 +83,7 @@ class Stages:
         self._layout = layout
         self._file_name = file_name
         self._resume = resume
+        self._password = password
         mid_state: MidState | None = None
         try:
             if resume:
@@ -126,9 +128,14 @@ class Stages:
         self.compression = compression
         name = strip_suffix(self._file_name, compression)
         if self._resume is None:
-            self._sink = make_sink(self._layout, self.tree, name)
+            self._sink = make_sink(
+                self._layout, self.tree, name, self._on_sink_boundary, password=self._password
+            )
         else:
-            self._sink = resumed_sink(self._resume.sink, self.tree, name, self._layout)
+            self._sink = resumed_sink(
+                self._resume.sink, self.tree, name, self._layout, self._on_sink_boundary,
+                start=self._resume.position, password=self._password,
+            )  # fmt: skip
         return self._sink.write
 
     def feed(self, chunk: Chunk, hash_before: ResumableSha256) -> None:
@@ -138,7 +145,7 @@ class Stages:
         self._hash_before = hash_before
         self._decoder.feed(self._chunk)
         self.bytes = self._chunk_start + len(self._chunk)
-        if self._decoder.started and self._decoder.at_boundary and self._reported_at != self.bytes:
+        if self._decoder.started and self.at_boundary and self._reported_at != self.bytes:
             self._report()
 
     def _on_boundary(self, offset: int) -> None:
@@ -150,6 +157,13 @@ class Stages:
     def _report(self) -> None:
         self._reported_at = self.bytes
         self.on_restorable(self.bytes)
+
+    def _on_sink_boundary(self, position: int) -> None:
+        """The sink (zip, undecoded) can restart at this stream position; within this chunk only,
+        where the digest state is known."""
+        if self._chunk_start <= position <= self._chunk_start + len(self._chunk):
+            self.bytes = position
+            self._report()
 
     def _hash_state(self) -> bytes:
         hasher = self._hash_before.copy()
@@ -184,7 +198,8 @@ class Stages:
     @property
     def at_boundary(self) -> bool:
         """Whether the decoder stands at a boundary after the last whole chunk fed."""
-        return self._decoder.at_boundary
+        sink_ready = self._sink is None or self._sink.at_boundary
+        return self._decoder.at_boundary and sink_ready
 
     @property
     def restorable(self) -> bool:
@@ -206,9 +221,13 @@ class Stages:
         compression = self.compression or Compression.NONE
         if layout is Layout.TAR:
             return "tar" if compression is Compression.NONE else f"tar.{compression.value}"
+        if layout is Layout.ZIP:
+            return "zip"
         return compression.value if compression is not Compression.NONE else "file"
 
     def release(self) -> None:
+        if self._sink is not None:
+            self._sink.release()
         self.tree.release()
 
 

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Protocol, cast
 
+import lz4.frame
 import zstandard
 
 from fetcher.errors import CorruptArchive
@@ -25,6 +26,7 @@ NAMES = {
     Compression.GZIP: "gzip",
     Compression.XZ: "xz",
     Compression.BZIP2: "bzip2",
+    Compression.LZ4: "lz4",
     Compression.NONE: "uncompressed",
 }
 
@@ -338,6 +340,62 @@ class Bzip2Decoder(_MemberDecoder):
         return bz2.BZ2Decompressor()
 
 
+class Lz4Decoder:
+    """Concatenated lz4 frames (skippable ones too); lz4.frame checks the block and content
+    checksums a frame declares."""
+
+    def __init__(
+        self,
+        emit: Emit,
+        on_boundary: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
+    ) -> None:
+        self._emit = emit
+        self._on_boundary = on_boundary
+        self._current: lz4.frame.LZ4FrameDecompressor | None = None
+        self.frames = 0
+
+    def feed(self, data: Chunk) -> None:
+        buffer = bytes(data)
+        while buffer:
+            if self._current is None:
+                self._current = lz4.frame.LZ4FrameDecompressor()
+            frame = self._current
+            try:
+                output = frame.decompress(buffer, OUTPUT_CHUNK)
+                while True:
+                    if output:
+                        self._emit(memoryview(output))
+                    if frame.eof or frame.needs_input:
+                        break
+                    output = frame.decompress(b"", OUTPUT_CHUNK)
+            except RuntimeError as error:  # what the binding raises for every LZ4F error
+                raise CorruptArchive(
+                    f"lz4 stream is corrupt in frame {self.frames + 1}: {error}",
+                    "the file is damaged",
+                ) from None
+            if not frame.eof:
+                return
+            buffer = frame.unused_data or b""
+            self.frames += 1
+            self._current = None
+            self._on_boundary(len(data) - len(buffer))
+
+    def finish(self) -> None:
+        if self._current is not None or self.frames == 0:
+            raise CorruptArchive(
+                f"lz4 stream ended inside frame {self.frames + 1}",
+                "the download was cut short or the file is damaged",
+            )
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._current is None
+
+    def mid_state(self) -> MidState | None:
+        return None
+
+
 class _StdlibDecompressor(Protocol):
     @property
     def eof(self) -> bool: ...
@@ -378,6 +436,7 @@ _DECODERS: dict[Compression, Callable[[Emit, OnBoundary, RestoreWanted], Decoder
     Compression.GZIP: GzipDecoder,
     Compression.XZ: XzDecoder,
     Compression.BZIP2: Bzip2Decoder,
+    Compression.LZ4: Lz4Decoder,
 }
 
 

@@ -1,13 +1,18 @@
-"""Where decoded bytes go: a tar archive unpacked into a tree, or one file written whole."""
+"""Where decoded bytes go: a tar or zip archive unpacked into a tree, or one file written whole."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from fetcher.formats import SNIFF_TAR_BYTES, Layout, looks_like_tar
 from fetcher.stages.tar import TarReader
 from fetcher.stages.tree import SafeTree
+from fetcher.stages.zip import ZipReader
 from fetcher.state.checkpoint import SinkState, StateError
+
+# Called with a stream position where the sink could be restored (zip: an entry boundary).
+OnSinkBoundary = Callable[[int], None]
 
 
 class Sink(Protocol):
@@ -21,9 +26,17 @@ class Sink(Protocol):
 
     def state(self) -> SinkState: ...
 
+    @property
+    def at_boundary(self) -> bool:
+        """Whether it is restorable after any byte (else only where it calls its callback)."""
+
+    def release(self) -> None:
+        """Let go of what it holds, on the way out after a failure too."""
+
 
 class TarSink:
     layout = Layout.TAR
+    at_boundary = True
 
     def __init__(self, tree: SafeTree) -> None:
         self._reader = TarReader(tree)
@@ -41,11 +54,46 @@ class TarSink:
         assert state.tar is not None  # SinkState.from_json guarantees it for the tar layout
         self._reader.restore(state.tar)
 
+    def release(self) -> None:
+        return None
+
+
+class ZipSink:
+    """Entries read as they stream; restorable only at the entry boundaries it reports."""
+
+    layout = Layout.ZIP
+    at_boundary = False
+
+    def __init__(
+        self, tree: SafeTree, on_boundary: OnSinkBoundary, *, password: bytes | None,
+        start: int = 0, resumed: SinkState | None = None,
+    ) -> None:  # fmt: skip
+        self._reader = ZipReader(
+            tree,
+            lambda boundary: on_boundary(boundary.position),
+            password=password,
+            start=start,
+            resumed=resumed.zip if resumed else None,
+        )
+
+    def write(self, data: memoryview) -> None:
+        self._reader.write(data)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def state(self) -> SinkState:
+        return SinkState(self.layout.value, zip=self._reader.state())
+
+    def release(self) -> None:
+        self._reader.release()
+
 
 class FileSink:
     """The whole decoded stream stored as one file under the given name."""
 
     layout = Layout.FILE
+    at_boundary = True
 
     def __init__(self, tree: SafeTree, name: str, *, resumed: bool = False) -> None:
         self._tree = tree
@@ -65,9 +113,14 @@ class FileSink:
             self._tree.end_file(None)
             self._open = False
 
+    def release(self) -> None:
+        return None
+
 
 class DetectingSink:
     """Holds the first 512 decoded bytes, then hands everything to a tar or a file sink."""
+
+    at_boundary = True
 
     def __init__(self, tree: SafeTree, file_name: str, *, head: bytes = b"") -> None:
         self._tree = tree
@@ -109,17 +162,28 @@ class DetectingSink:
         assert self._inner is not None
         self._inner.close()
 
+    def release(self) -> None:
+        return None
 
-def make_sink(layout: Layout, tree: SafeTree, file_name: str) -> Sink:
+
+def make_sink(
+    layout: Layout, tree: SafeTree, file_name: str, on_boundary: OnSinkBoundary,
+    *, password: bytes | None = None,
+) -> Sink:  # fmt: skip
     if layout is Layout.TAR:
         return TarSink(tree)
+    if layout is Layout.ZIP:
+        return ZipSink(tree, on_boundary, password=password)
     if layout is Layout.FILE:
         return FileSink(tree, file_name)
     return DetectingSink(tree, file_name)
 
 
-def resumed_sink(state: SinkState, tree: SafeTree, file_name: str, wanted: Layout) -> Sink:
-    """The sink a checkpoint describes, carrying on where it stopped."""
+def resumed_sink(
+    state: SinkState, tree: SafeTree, file_name: str, wanted: Layout,
+    on_boundary: OnSinkBoundary, *, start: int, password: bytes | None = None,
+) -> Sink:  # fmt: skip
+    """The sink a checkpoint describes, carrying on where it stopped at byte start."""
     layout = Layout(state.layout)
     if wanted is not Layout.DETECT and layout not in (wanted, Layout.DETECT):
         raise StateError(f"the checkpoint's layout {layout.value} is not the {wanted.value} asked")
@@ -138,4 +202,8 @@ def resumed_sink(state: SinkState, tree: SafeTree, file_name: str, wanted: Layou
         sink = TarSink(tree)
         sink.restore(state)
         return sink
+    if layout is Layout.ZIP:
+        if open_file is not None:
+            raise StateError("a zip is restorable only between entries, not inside a file")
+        return ZipSink(tree, on_boundary, password=password, start=start, resumed=state)
     return DetectingSink(tree, file_name, head=state.head)

@@ -20,6 +20,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PERMISSION_BITS = 0o777  # setuid, setgid and sticky bits are never restored
 _IMPLICIT_DIR_MODE = 0o755
+# Runs of zeros at least this long are left as holes: a file of zeros takes no disk.
+_HOLE_MIN = 4096
+_ZEROS = bytes(1 << 20)
 # The fetcher's own files in DIR (state folder, marker and its temporary, lock): no archive
 # member may reach them, or a symlink named like one could redirect the fetcher's own writes.
 RESERVED_NAMES = frozenset(
@@ -82,6 +85,7 @@ class SafeTree:
         self._file_parts: tuple[str, ...] = ()
         self._file_offset = 0
         self._file_size = 0
+        self._hole_pending = False  # the file ends in a hole not yet given its length
         # Files a resumed run finds complete on disk: their content is read past, not rewritten.
         self._already_complete: dict[int, CompletedFile] = {}
         self._skipping = False
@@ -182,7 +186,16 @@ class SafeTree:
         assert self._file_fd is not None
         try:
             while data:
+                run = min(len(data), len(_ZEROS))
+                if run >= _HOLE_MIN and _ZEROS.startswith(data[:run]):
+                    os.lseek(self._file_fd, run, os.SEEK_CUR)
+                    self._hole_pending = True
+                    data = data[run:]
+                    self.bytes_written += run
+                    self._file_offset += run
+                    continue
                 written = os.write(self._file_fd, data)
+                self._hole_pending = False
                 data = data[written:]
                 self.bytes_written += written
                 self._file_offset += written
@@ -200,6 +213,7 @@ class SafeTree:
             return
         assert self._file_fd is not None
         try:
+            self._fill_hole()
             os.fchmod(self._file_fd, self._file_mode)
             if mtime is not None:
                 os.utime(self._file_fd, (mtime, mtime))
@@ -261,11 +275,54 @@ class SafeTree:
             os.close(target_fd)
         self.files_written += 1
 
+    def _fill_hole(self) -> None:
+        """Give a file that ends in a hole its full length (the disk then agrees with offset)."""
+        if self._hole_pending and self._file_fd is not None:
+            os.ftruncate(self._file_fd, self._file_offset)
+            self._hole_pending = False
+
+    def set_file_mode(self, member: str, mode: int) -> None:
+        """Give a regular file extracted earlier its mode (zip keeps modes at the end)."""
+        parts = member_parts(member)
+        parent_fd = self._open_parent(member, parts)
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        except OSError as error:
+            raise _translate(error, member) from None
+        try:
+            os.fchmod(fd, mode & _PERMISSION_BITS)
+        finally:
+            os.close(fd)
+
+    def file_to_symlink(self, member: str, limit: int) -> None:
+        """Replace a regular file extracted earlier by a symlink to the target it holds."""
+        parts = member_parts(member)
+        parent_fd = self._open_parent(member, parts)
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+            try:
+                raw = os.read(fd, limit + 1)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            raise _translate(error, member) from None
+        if len(raw) > limit:
+            raise UnsafeArchive(member, f"the symlink target is longer than {limit} bytes")
+        target = raw.decode("utf-8", "surrogateescape")
+        check_symlink_target(member, target)
+        try:
+            os.unlink(parts[-1], dir_fd=parent_fd)
+            os.symlink(target, parts[-1], dir_fd=parent_fd)
+        except OSError as error:
+            raise _translate(error, member) from None
+        self.bytes_written -= len(raw)  # a link's target is not extracted data, as in tar
+
     # --- checkpoints -------------------------------------------------------------------------
 
     def state(self) -> TreeState:
         """What a later run needs to carry on from here, files already flushed to disk."""
         open_file = None
+        self._fill_hole()
         if self._file_fd is not None or self._skipping:
             open_file = OpenFile(
                 self._file_parts,

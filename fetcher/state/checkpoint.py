@@ -275,7 +275,36 @@ class TarState:
         )
 
 
-LAYOUTS = ("tar", "file", "detect")
+@dataclass(frozen=True)
+class ZipState:
+    """A zip read up to an entry boundary: how many entries, and which one comes next."""
+
+    VERSION = 1
+    entries: int  # complete before the restore point
+    names: bytes  # digest chain of their names (zipdir.names_digest), b"" before the first
+    next_name: bytes  # the local header at the restore point must name this entry
+
+    def to_json(self) -> Json:
+        return {"v": self.VERSION, "entries": self.entries, "names": self.names.hex(),
+                "next_name": _b64(self.next_name)}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "zip") -> ZipState:
+        _version(data, where, cls.VERSION)
+        entries = _int(data, "entries", where)
+        try:
+            names = bytes.fromhex(_str(data, "names", where))
+        except ValueError:
+            raise StateError(f"{where}.names is not hexadecimal") from None
+        if len(names) != (32 if entries else 0):
+            raise StateError(f"{where}.names is not the digest of {entries} entry names")
+        next_name = _bytes(data, "next_name", where, limit=0xFFFF)  # a header's 16-bit length
+        if not next_name:
+            raise StateError(f"{where}.next_name is empty")
+        return cls(entries, names, next_name)
+
+
+LAYOUTS = ("tar", "zip", "file", "detect")
 
 
 @dataclass(frozen=True)
@@ -284,10 +313,12 @@ class SinkState:
     layout: str
     head: bytes = b""  # decoded bytes held while the layout is still being detected
     tar: TarState | None = None
+    zip: ZipState | None = None
 
     def to_json(self) -> Json:
         return {"v": self.VERSION, "layout": self.layout, "head": _b64(self.head),
-                "tar": self.tar.to_json() if self.tar else None}  # fmt: skip
+                "tar": self.tar.to_json() if self.tar else None,
+                "zip": self.zip.to_json() if self.zip else None}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any, where: str = "sink") -> SinkState:
@@ -298,10 +329,14 @@ class SinkState:
         tar = _optional(data, "tar", where, TarState.from_json)
         if (layout == "tar") != (tar is not None):
             raise StateError(f"{where}: a tar state goes with the tar layout, and only with it")
-        return cls(layout, _bytes(data, "head", where, limit=511), tar)
+        # Checkpoints written before zip was read have no zip field.
+        zip_state = _optional(data, "zip", where, ZipState.from_json) if "zip" in data else None
+        if (layout == "zip") != (zip_state is not None):
+            raise StateError(f"{where}: a zip state goes with the zip layout, and only with it")
+        return cls(layout, _bytes(data, "head", where, limit=511), tar, zip_state)
 
 
-COMPRESSIONS = ("none", "zst", "gz", "xz", "bz2")
+COMPRESSIONS = ("none", "zst", "gz", "xz", "bz2", "lz4")
 
 
 HISTORY_PREFIX = "history-"

@@ -50,7 +50,9 @@ ARCHIVE = EXAMPLES / "origin" / "model.tar.zst"
 NAMESPACE = "model-examples"
 PREFIX = "models.example.com"
 # The annotated Deployments, and the volume each one's model lands on.
-APPS = {"llm": "emptyDir", "llm-pvc": "persistentVolumeClaim"}
+APPS = {"llm": "emptyDir", "llm-pvc": "persistentVolumeClaim", "llm-from-configmap": "emptyDir"}
+# The Deployment whose source, and its digest, are in a ConfigMap (source-from).
+FROM_CONFIG_MAP = ("llm-from-configmap", "llm-model")
 
 
 def load_generator() -> ModuleType:
@@ -83,6 +85,26 @@ def named(objects: list[Manifest], kind: str, name: str) -> Manifest:
 def labels_of_namespace(examples: list[Manifest]) -> dict[str, str]:
     namespace = only(examples, "Namespace")
     return namespace_labels(namespace["metadata"]["name"], **namespace["metadata"]["labels"])
+
+
+def origin_content(examples: list[Manifest]) -> Manifest:
+    """The generated ConfigMap holding the archive the origin serves."""
+    (config_map,) = [
+        obj
+        for obj in examples
+        if obj["kind"] == "ConfigMap"
+        and obj["metadata"]["name"].startswith("model-origin-content-")
+    ]
+    return config_map
+
+
+def source_and_digest(examples: list[Manifest], name: str) -> tuple[str, str]:
+    """Where a Deployment's model comes from: its annotations, or its source-from ConfigMap."""
+    annotations = named(examples, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+    if f"{PREFIX}/source-from" in annotations:
+        data = named(examples, "ConfigMap", annotations[f"{PREFIX}/source-from"])["data"]
+        return data["source"], data["sha256"]
+    return annotations[f"{PREFIX}/source"], annotations[f"{PREFIX}/sha256"]
 
 
 def origin_of(examples: list[Manifest]) -> Manifest:
@@ -122,8 +144,8 @@ def test_the_render_is_the_listed_resources_and_the_generated_config_map(
 def test_every_object_validates_against_the_kubernetes_schema(examples: list[Manifest]) -> None:
     kinds = sorted(obj["kind"] for obj in examples)
     assert kinds == [
-        "ConfigMap", "Deployment", "Deployment", "Deployment", "Namespace",
-        "PersistentVolumeClaim", "Service",
+        "ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment", "Deployment",
+        "Namespace", "PersistentVolumeClaim", "Service",
     ]  # fmt: skip
     for obj in examples:
         assert schema_problem(obj) is None, schema_problem(obj)
@@ -136,7 +158,7 @@ def test_the_origin_serves_the_committed_archive_at_the_annotated_url(
     examples: list[Manifest], archive: bytes
 ) -> None:
     origin, service = origin_of(examples), only(examples, "Service")
-    config_map = only(examples, "ConfigMap")
+    config_map = origin_content(examples)
     # Not UTF-8, so kustomize puts it in binaryData, byte for byte.
     assert set(config_map["binaryData"]) == {ARCHIVE.name}
     assert "data" not in config_map
@@ -161,11 +183,7 @@ def test_the_origin_serves_the_committed_archive_at_the_annotated_url(
     served = f"http://{service['metadata']['name']}.{NAMESPACE}.svc/{ARCHIVE.name}"
     assert service_port["port"] == 80  # the URL names no port
     for name in APPS:
-        annotations = named(examples, "Deployment", name)["spec"]["template"]["metadata"][
-            "annotations"
-        ]
-        assert annotations[f"{PREFIX}/source"] == served, name
-        assert annotations[f"{PREFIX}/sha256"] == hashlib.sha256(archive).hexdigest(), name
+        assert source_and_digest(examples, name) == (served, hashlib.sha256(archive).hexdigest())
 
 
 def test_the_archive_holds_what_the_generator_writes(archive: bytes) -> None:
@@ -181,7 +199,7 @@ def test_the_archive_holds_what_the_generator_writes(archive: bytes) -> None:
 def test_the_config_map_fits_client_side_apply(examples: list[Manifest]) -> None:
     """README.md applies with plain `kubectl apply -k`: the whole ConfigMap is copied into its
     last-applied-configuration annotation, which must stay under the apiserver's limits."""
-    config_map = only(examples, "ConfigMap")
+    config_map = origin_content(examples)
     metadata = config_map["metadata"]
     stored = {
         **config_map,
@@ -242,10 +260,18 @@ def test_an_annotated_deployment_is_admitted_and_its_pods_injected(
     assert (fetch["image"], fetch["imagePullPolicy"]) == (settings.fetcher_image, "Never")
     assert fetch["terminationMessagePolicy"] == "File"
     args = fetch["args"]
-    assert args[0] == pod["metadata"]["annotations"][f"{PREFIX}/source"]
-    assert args[args.index("--sha256") + 1] == hashlib.sha256(archive).hexdigest()
-
     (app,) = spec["containers"]
+    if name == FROM_CONFIG_MAP[0]:
+        # Resolved by the kubelet from the ConfigMap's keys, which the first test checks.
+        assert args[:2] == ["--source-from-configmap", FROM_CONFIG_MAP[1]]
+        assert args[-2:] == ["--", "$(MODEL_FETCH_SOURCE)"]
+        refs = {var["valueFrom"]["configMapKeyRef"]["name"] for var in fetch["env"]}
+        assert refs == {FROM_CONFIG_MAP[1]}
+        assert app["env"] == [{"name": "MODEL_DIR", "value": settings.default_mount_path}]
+    else:
+        assert args[0] == pod["metadata"]["annotations"][f"{PREFIX}/source"]
+        assert args[args.index("--sha256") + 1] == hashlib.sha256(archive).hexdigest()
+
     (mount,) = [m for m in app["volumeMounts"] if m["mountPath"] == settings.default_mount_path]
     assert mount.get("readOnly") is True
     (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]

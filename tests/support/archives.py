@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import lz4.frame
 import zstandard
 
 __all__ = [
@@ -80,8 +81,8 @@ class Dir:
 
 Entry = bytes | File | Symlink | Hardlink | Dir
 Tree = Mapping[str, Entry]
-Codec = Literal["zst", "gz", "xz", "bz2", "none"]
-Tool = Literal["zstd", "pzstd", "gzip", "xz", "bzip2", "none"]
+Codec = Literal["zst", "gz", "xz", "bz2", "lz4", "none"]
+Tool = Literal["zstd", "pzstd", "gzip", "xz", "bzip2", "lz4", "none"]
 Kind = Literal["file", "dir", "symlink", "other"]
 Snapshot = dict[str, tuple[Kind, int, bytes | str]]
 """relpath -> (kind, permission bits, file bytes or link target); directories carry b""."""
@@ -166,6 +167,8 @@ def compress(
             out += lzma.compress(piece, preset=level if level is not None else 6)
         elif codec == "bz2":
             out += bz2.compress(piece, compresslevel=level or 9)
+        elif codec == "lz4":
+            out += lz4.frame.compress(piece, compression_level=level or 0, content_checksum=True)
         else:
             raise ValueError(f"unknown codec {codec!r}")
     return bytes(out)
@@ -214,6 +217,7 @@ _TOOL_ARGS: dict[Tool, list[str]] = {
     "gzip": ["gzip", "-c", "-n"],
     "xz": ["xz", "-c", "-T0"],
     "bzip2": ["bzip2", "-c"],
+    "lz4": ["lz4", "-q", "-c"],
 }
 
 

@@ -24,7 +24,8 @@ entrypoint/cmd by the Kubernetes rules.
 Limits of the simulation: one uid is mapped at a time (every uid in the pod is the same host
 user, so permission bits between containers must be checked explicitly), no network, pid or
 cgroup isolation (loopback origins stay reachable; resources are not enforced), and volumes other
-than emptyDir, configMap, secret and projected are refused with a message.
+than emptyDir, configMap, secret, projected and persistentVolumeClaim (a host directory standing
+for the bound volume, handed in by claim name) are refused with a message.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,6 @@ _FALLBACK_BYTES = 2048
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 _API_DATA_VOLUMES = ("configMap", "secret", "downwardAPI", "projected")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-_VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
 
 class NamespacesUnavailable(RuntimeError):
@@ -162,15 +162,39 @@ class ContainerResult:
 
 
 def expand(value: str, env: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: known names are replaced, ``$$`` escapes, rest stays."""
+    """Kubernetes ``$(VAR)`` expansion, as third_party/forked/golang/expansion/expand.go does it.
 
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return _VAR_REF.sub(replace, value)
+    ``$$`` is one ``$``; ``$(NAME)`` is NAME's value when NAME is defined and stays as written
+    when it is not; a ``$`` before anything else (or at the end), and a ``$(`` never closed,
+    stay as they are. Every name up to the first ``)`` is looked up, whatever its characters,
+    and nothing a value brings in is expanded again.
+    """
+    out: list[str] = []
+    checkpoint = 0
+    cursor = 0
+    while cursor < len(value):
+        if value[cursor] == "$" and cursor + 1 < len(value):
+            out.append(value[checkpoint:cursor])
+            after = value[cursor + 1 :]
+            if after[0] == "$":
+                out.append("$")  # escaped operator
+                advance = 1
+            elif after[0] == "(":
+                closer = after.find(")", 1)
+                if closer == -1:
+                    out.append("$(")  # incomplete reference: kept, scanning goes on after it
+                    advance = 1
+                else:
+                    name = after[1:closer]
+                    out.append(env.get(name, f"$({name})"))
+                    advance = closer + 1
+            else:
+                out.append("$" + after[0])
+                advance = 1
+            cursor += advance
+            checkpoint = cursor + 1
+        cursor += 1
+    return "".join(out) + value[checkpoint:]
 
 
 class Kubelet:
@@ -184,13 +208,18 @@ class Kubelet:
         images: Mapping[str, Image],
         secrets: Mapping[str, Mapping[str, str]] | None = None,
         config_maps: Mapping[str, Mapping[str, str]] | None = None,
+        claims: Mapping[str, Path] | None = None,
         pod_name: str | None = None,
     ) -> None:
+        """``secrets`` and ``config_maps`` map a name to the object's data, as in the pod's
+        namespace; ``claims`` maps a PersistentVolumeClaim's name to the host directory of its
+        bound volume, which outlives this pod (another Kubelet may mount it after this one)."""
         self.pod = pod
         self.workdir = workdir
         self.images = images
         self.secrets = secrets or {}
         self.config_maps = config_maps or {}
+        self.claims = claims or {}
         meta = pod.get("metadata", {})
         generated = hashlib.sha256(repr(meta.get("generateName")).encode()).hexdigest()[:5]
         self.pod_name = (
@@ -209,6 +238,12 @@ class Kubelet:
         if name not in volumes:
             raise ContainerConfigError(f"volumeMount refers to volume {name!r}, not in the pod")
         volume = volumes[name]
+        if "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            if claim not in self.claims:
+                raise ContainerConfigError(f'persistentvolumeclaim "{claim}" not found')
+            self._volumes[name] = self.claims[claim]
+            return self.claims[claim]
         path = self.workdir / "volumes" / name
         path.mkdir(parents=True)
         if "emptyDir" in volume:
@@ -269,6 +304,15 @@ class Kubelet:
 
     def environment(self, container: Mapping[str, Any], image: Image) -> dict[str, str]:
         """Image ENV, then ``envFrom`` in order, then ``env``, as the kubelet and runtime do."""
+        return {**image.env, "HOSTNAME": self.pod_name, **self.declared_environment(container)}
+
+    def declared_environment(self, container: Mapping[str, Any]) -> dict[str, str]:
+        """What the kubelet makes of ``envFrom`` and ``env`` (no image ENV: the kubelet never
+        sees it), which is also all that ``$(VAR)`` in ``command``/``args`` can refer to.
+
+        An optional reference to a missing object or key leaves its variable undefined; a
+        required one fails the container before it starts (CreateContainerConfigError).
+        """
         declared: dict[str, str] = {}
         for source in container.get("envFrom", []):
             prefix = source.get("prefix", "")
@@ -286,8 +330,10 @@ class Kubelet:
                 if _ENV_NAME.match(prefix + key):  # the kubelet skips invalid names
                     declared[prefix + key] = value
         for var in container.get("env", []):
-            declared[var["name"]] = self._env_value(var, declared)
-        return {**image.env, "HOSTNAME": self.pod_name, **declared}
+            resolved = self._env_value(var, declared)
+            if resolved is not None:
+                declared[var["name"]] = resolved
+        return declared
 
     @staticmethod
     def _optional(lookup: Any, name: str, optional: bool) -> Mapping[str, str]:
@@ -299,24 +345,40 @@ class Kubelet:
             raise
         return data
 
-    def _env_value(self, var: Mapping[str, Any], declared: Mapping[str, str]) -> str:
+    def _env_value(self, var: Mapping[str, Any], declared: Mapping[str, str]) -> str | None:
+        """The variable's value, or None when an optional reference leaves it undefined."""
         if "valueFrom" not in var:
             return expand(var.get("value", ""), declared)
         source = var["valueFrom"]
+        lookup: Callable[[str], Mapping[str, str]]
         if "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            data = self._secret(ref["name"])
+            ref, kind, lookup = source["secretKeyRef"], "Secret", self._secret
         elif "configMapKeyRef" in source:
-            ref = source["configMapKeyRef"]
-            data = self._config_map({"name": ref["name"]})
+            ref, kind = source["configMapKeyRef"], "ConfigMap"
+
+            def lookup(name: str) -> Mapping[str, str]:
+                return self._config_map({"name": name})
+
         elif "fieldRef" in source:
             fields = {"metadata.namespace": self.namespace, "metadata.name": self.pod_name}
             return str(fields[source["fieldRef"]["fieldPath"]])
         else:
             raise ContainerConfigError(f"env {var['name']}: {sorted(source)} is not simulated")
+        optional = bool(ref.get("optional", False))
+        try:
+            data = lookup(ref["name"])
+        except ContainerConfigError:
+            if optional:
+                return None
+            raise
         if ref["key"] not in data:
-            raise ContainerConfigError(f"couldn't find key {ref['key']} in {ref['name']}")
-        return data[ref["key"]]
+            if optional:
+                return None
+            raise ContainerConfigError(
+                f"couldn't find key {ref['key']} in {kind} {self.namespace}/{ref['name']}"
+            )
+        value: str = data[ref["key"]]
+        return value
 
     # containers
 
@@ -363,7 +425,8 @@ class Kubelet:
         if image is None:
             raise ContainerConfigError(f"image {container['image']!r} is not known here")
         env = self.environment(container, image)
-        argv = list(exec_argv) if exec_argv is not None else self.argv(container, image, env)
+        declared = self.declared_environment(container)
+        argv = list(exec_argv) if exec_argv is not None else self.argv(container, image, declared)
         uid, gid = self.identity(container, image)
         env.setdefault("HOME", "/root" if uid == 0 else "/")  # runtime default, no passwd
         home = self.workdir / "containers" / name

@@ -33,8 +33,8 @@ SETTINGS = Settings(allowed_schemes=["https", "http", "s3"])
 HTTPS_SOURCE = "https://models.example.com/m.tar.zst"
 S3_SOURCE = "s3://ml-models/m.tar.zst"
 
-# key -> (a valid value, the other keys it needs)
-VALID: dict[str, tuple[str, dict[str, str]]] = {
+# key -> (a valid value, the other keys it needs; None: a key it excludes)
+VALID: dict[str, tuple[str, dict[str, str | None]]] = {
     "source": (HTTPS_SOURCE, {}),
     "sha256": ("ab" * 32, {}),
     "mirrors": ("https://mirror.example.com/m.tar.zst, https://b.example.com/m.tar.zst", {}),
@@ -57,6 +57,9 @@ VALID: dict[str, tuple[str, dict[str, str]]] = {
     "memory-request": ("256Mi", {}),
     "memory-limit": ("1Gi", {}),
     "init-first": ("true", {}),
+    "source-from": ("llm-config", {"source": None, "sha256": None}),
+    "password-secret": ("model-zip/password", {}),
+    "env": ("MODEL_DIR", {}),
 }
 SURROUNDINGS = {
     "trailing-newline": ("", "\n"),
@@ -76,7 +79,7 @@ def client() -> Client:
 def annotations_for(scope: str, key: str, value: str) -> dict[str, str]:
     _, needs = VALID[key]
     keys = {"source": HTTPS_SOURCE, "sha256": "cd" * 32, **needs, key: value}
-    return {f"{PREFIX}{scope}{name}": text for name, text in keys.items()}
+    return {f"{PREFIX}{scope}{name}": text for name, text in keys.items() if text is not None}
 
 
 def deployment_review(template_annotations: dict[str, str] | None = None) -> dict[str, Any]:

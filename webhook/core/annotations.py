@@ -20,6 +20,7 @@ from webhook.core.modelspec import (
     ExtractMode,
     FetchResources,
     ModelSpec,
+    SecretKey,
     VolumeKind,
 )
 from webhook.core.quantities import (
@@ -55,7 +56,12 @@ MODEL_KEYS = (
     "memory-request",
     "memory-limit",
     "init-first",
+    "source-from",
+    "password-secret",
+    "env",
 )
+# Either key names where the model comes from, and its presence triggers injection.
+SOURCE_KEYS = ("source", "source-from")
 STATUS = "status"
 INJECTED = "injected"
 
@@ -69,6 +75,8 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # model-fetch-<name> must still be a 63-character DNS label.
 _MAX_MODEL_NAME = 63 - len(FETCH_CONTAINER) - 1
 
@@ -114,7 +122,7 @@ def parse_models(annotations: Mapping[str, str], settings: Settings) -> ParsedMo
             continue
         grouped.setdefault(model, {})[key] = clean
 
-    if not any("source" in keys for keys in grouped.values()):
+    if not any(key in keys for keys in grouped.values() for key in SOURCE_KEYS):
         if problems:
             raise Refused(problems)
         stray = [
@@ -207,22 +215,36 @@ class _ModelReader:
         self.problems.append(invalid_value(self.key(key), self.values[key], expected))
 
     def read(self) -> ModelSpec | None:
-        if "source" not in self.values:
+        if not any(key in self.values for key in SOURCE_KEYS):
             present = ", ".join(self.key(key) for key in self.values)
             self.problems.append(
-                f"{self.key('source')} is missing: {present} are set, so a source URL is "
-                f"expected for model {self.model!r}"
+                f"{self.key('source')} is missing: {present} are set, so a source URL (or "
+                f"{self.key('source-from')}, a ConfigMap holding it) is expected for model "
+                f"{self.model!r}"
             )
             return None
-        source = self.url("source")
-        mirrors = self.mirrors()
+        source_from = self.source_from()
+        if source_from and "credentials-secret" in self.values:
+            self.warnings.append(
+                f"{self.key('credentials-secret')} with {self.key('source-from')}: the Secret "
+                "reaches the fetcher as environment variables only (AWS keys for s3:// work); "
+                "an Authorization header for http(s) or a key.json for gs:// is passed only "
+                f"with {self.key('source')}, whose URL the webhook can see"
+            )
+        source = "" if "source-from" in self.values else self.url("source")
+        mirrors = () if "source-from" in self.values else self.mirrors()
         volume = self.volume()
-        uses_s3 = any(scheme_of(url) == "s3" for url in (source, *mirrors))
+        extract = self.extract()
+        # A URL read from a ConfigMap may be s3://: its options cannot be refused unseen.
+        uses_s3 = "source-from" in self.values or any(
+            scheme_of(url) == "s3" for url in (source, *mirrors)
+        )
         return ModelSpec(
             name=self.model,
             source=source,
+            source_from=source_from,
             mirrors=mirrors,
-            sha256=self.sha256(),
+            sha256=None if "source-from" in self.values else self.sha256(),
             mount_path=self.mount_path(),
             containers=self.containers(),
             read_only=self.flag("read-only", default=True),
@@ -230,7 +252,7 @@ class _ModelReader:
             pvc_name=self.pvc_name(volume),
             storage_class=self.storage_class(volume),
             size_limit=self.size_limit(volume),
-            extract=self.extract(),
+            extract=extract,
             max_bandwidth=self.optional("max-bandwidth", is_fetcher_rate, _RATE),
             max_disk_buffer=self.max_disk_buffer(),
             ca_bundle=self.optional("ca-bundle", _is_dns_subdomain, _CONFIGMAP),
@@ -239,7 +261,43 @@ class _ModelReader:
             s3_region=self.s3_only("s3-region", _is_region, _REGION, uses_s3=uses_s3),
             resources=self.resources(),
             init_first=self.flag("init-first", default=False),
+            password_secret=self.password_secret(extract),
+            env=self.optional("env", _is_env_name, _ENV),
         )
+
+    def source_from(self) -> str | None:
+        """The ConfigMap the source, sha256 and mirrors come from, which excludes those keys.
+
+        The digest and mirrors belong to the bytes at the source: written in two places, one
+        would be updated without the other, so they go in the ConfigMap with it or not at all.
+        """
+        name = self.values.get("source-from")
+        if name is None:
+            return None
+        for key in ("source", "sha256", "mirrors"):
+            if key in self.values:
+                self.problems.append(
+                    f"{self.key(key)} and {self.key('source-from')} are both set; expected one "
+                    f"place for the source: either the annotations, or ConfigMap "
+                    f"{json.dumps(name)} with keys source and optionally sha256 and mirrors"
+                )
+        if not _is_dns_subdomain(name):
+            self.refuse("source-from", _SOURCE_CONFIGMAP)
+            return None
+        return name
+
+    def password_secret(self, extract: ExtractMode) -> SecretKey | None:
+        value = self.values.get("password-secret")
+        if value is None:
+            return None
+        name, slash, key = value.partition("/")
+        if not slash or "/" in key or not _is_dns_subdomain(name) or not _is_secret_key(key):
+            self.refuse("password-secret", _NAME_SLASH_KEY)
+            return None
+        if extract == "none":
+            self.refuse("password-secret", "no password-secret with extract none")
+            return None
+        return SecretKey(name, key)
 
     def url(self, key: str) -> str:
         value = self.values[key]
@@ -438,6 +496,20 @@ def _is_dns_subdomain(value: str) -> bool:
     return len(value) <= 253 and _DNS_SUBDOMAIN.match(value) is not None
 
 
+def _is_secret_key(value: str) -> bool:
+    """A Secret or ConfigMap data key, as the apiserver validates it."""
+    return (
+        len(value) <= 253
+        and _SECRET_KEY.match(value) is not None
+        and value != "."
+        and not value.startswith("..")
+    )
+
+
+def _is_env_name(value: str) -> bool:
+    return _ENV_NAME.match(value) is not None
+
+
 def _has_no_query(url: str) -> bool:
     return "?" not in url and "#" not in url
 
@@ -468,4 +540,16 @@ _ENDPOINT = (
     "http://minio.storage.svc:9000"
 )
 _REGION = "an S3 region name such as eu-west-1"
+_SOURCE_CONFIGMAP = (
+    "the name of a ConfigMap in the pod's namespace (keys source, and optionally sha256 and "
+    "mirrors), such as llm-config"
+)
+_NAME_SLASH_KEY = (
+    "NAME/KEY: the name of a Secret in the pod's namespace and the key holding the archive "
+    "password, such as model-zip/password"
+)
+_ENV = (
+    "an environment variable name: letters, digits and '_', not starting with a digit, such "
+    "as MODEL_DIR"
+)
 _CLAIM = "the name of a PersistentVolumeClaim in the pod's namespace"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from webhook.core.annotations import INJECTED, annotation_key, parse_models, status_key
-from webhook.core.bodies import AddOperation, Pod
+from webhook.core.bodies import AddOperation, Container, Pod
 from webhook.core.errors import Refused, invalid_value
-from webhook.core.fetchcontainer import app_mount, fetch_container, volumes_for
+from webhook.core.fetchcontainer import app_env, app_mount, fetch_container, volumes_for
 from webhook.core.modelspec import FETCH_CONTAINER, ModelSpec
 from webhook.core.patch import Additions, build_patch
 from webhook.core.pods import annotations_of, containers_of, read_pod
@@ -80,6 +80,10 @@ def _plan(pod: Pod, models: tuple[ModelSpec, ...], settings: Settings) -> Additi
                     )
                 )
             additions.mounts.setdefault(index, []).append(app_mount(spec))
+            env = app_env(spec)
+            if env is not None:
+                problems += _env_clash(spec, containers[index], additions, index, settings)
+                additions.env.setdefault(index, []).append(env)
         additions.volumes += volumes_for(spec)
         container = fetch_container(spec, settings)
         if spec.init_first:
@@ -89,6 +93,27 @@ def _plan(pod: Pod, models: tuple[ModelSpec, ...], settings: Settings) -> Additi
     if problems:
         raise Refused(problems)
     return additions
+
+
+def _env_clash(
+    spec: ModelSpec, container: Container, additions: Additions, index: int, settings: Settings
+) -> list[str]:
+    """The env annotation's variable must be new to the container: overriding a variable it
+    sets (by value or valueFrom) would change what the app was configured with."""
+    name = spec.env
+    own = {var.get("name") for var in container.get("env") or []}
+    added = {var["name"] for var in additions.env.get(index, [])}
+    if name not in own | added:
+        return []
+    setter = "another model's env annotation sets" if name in added else "its env sets"
+    return [
+        invalid_value(
+            _key(settings, spec, "env"),
+            name or "",
+            f"a variable that container {container['name']!r} does not set already ({setter} "
+            f"{name})",
+        )
+    ]
 
 
 def _targets(

@@ -13,6 +13,16 @@ CA_DIR = "/etc/model-fetch/ca"
 CREDENTIALS_VOLUME = "model-credentials"
 CREDENTIALS_DIR = "/var/run/secrets/model-fetch"
 GCS_KEY_FILE = "key.json"  # the credentials Secret's key holding a Google credentials JSON
+# The keys of a source-from ConfigMap, as the fetch container's env vars deliver them. The names
+# are the fetcher's own, so that no key of a credentials Secret (envFrom) can stand in for an
+# optional key the ConfigMap lacks.
+CONFIGMAP_SOURCE_KEY = "source"
+CONFIGMAP_SHA256_KEY = "sha256"
+CONFIGMAP_MIRRORS_KEY = "mirrors"
+SOURCE_ENV = "MODEL_FETCH_SOURCE"
+SHA256_ENV = "MODEL_FETCH_SHA256"
+MIRRORS_ENV = "MODEL_FETCH_MIRRORS"
+PASSWORD_ENV = "MODEL_FETCH_PASSWORD"  # noqa: S105 (a variable name, not a password)
 
 VolumeKind = Literal["emptyDir", "pvc", "ephemeral"]
 ExtractMode = Literal["auto", "none"]
@@ -27,9 +37,15 @@ class FetchResources:
 
 
 @dataclass(frozen=True)
+class SecretKey:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
-    source: str
+    source: str  # "" when the URL comes from the source_from ConfigMap
     mount_path: str
     size_limit: str
     max_disk_buffer: str
@@ -48,6 +64,9 @@ class ModelSpec:
     s3_endpoint: str | None = None
     s3_region: str | None = None
     init_first: bool = False
+    source_from: str | None = None  # a ConfigMap holding source, sha256 and mirrors
+    password_secret: SecretKey | None = None
+    env: str | None = None  # set to mount_path in each target container
 
     def _suffixed(self, base: str) -> str:
         return base if self.name == DEFAULT_MODEL else f"{base}-{self.name}"
@@ -86,4 +105,7 @@ class ModelSpec:
 
     @property
     def urls(self) -> tuple[str, ...]:
+        """The URLs known at admission: none when they come from a ConfigMap."""
+        if self.source_from:
+            return ()
         return (self.source, *self.mirrors)

@@ -24,6 +24,7 @@ class Additions:
     leading_init_containers: list[Container] = field(default_factory=list)
     trailing_init_containers: list[Container] = field(default_factory=list)
     mounts: dict[int, list[VolumeMount]] = field(default_factory=dict)  # by container index
+    env: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # by container index
 
 
 def build_patch(pod: Pod, additions: Additions) -> list[AddOperation]:
@@ -54,6 +55,9 @@ def build_patch(pod: Pod, additions: Additions) -> list[AddOperation]:
     for index, mounts in sorted(additions.mounts.items()):
         existing = containers[index].get("volumeMounts")
         operations += _extend(existing, f"/spec/containers/{index}/volumeMounts", mounts)
+    for index, variables in sorted(additions.env.items()):
+        existing = containers[index].get("env")
+        operations += _extend(existing, f"/spec/containers/{index}/env", variables)
     return operations
 
 

@@ -54,6 +54,8 @@ def _check_container(container: object, where: str) -> None:
         mount_path = _mapping(mount, f"{where}.volumeMounts[{index}]").get("mountPath")
         if not isinstance(mount_path, str):
             raise MalformedReview(f"{where}.volumeMounts[{index}].mountPath: expected a string")
+    for index, var in enumerate(_list(named.get("env"), f"{where}.env")):
+        _named(var, f"{where}.env[{index}]")
 
 
 def _named(obj: object, where: str) -> dict[str, Any]:
