@@ -303,9 +303,8 @@ class ParallelZstdDecoder:
 
     def _wait(self, ready: Callable[[], bool]) -> None:
         """Emit what the oldest job has until ready() holds (checked under the lock)."""
+        shared = self._shared
         while True:
-            self._drain(block=False)
-            shared = self._shared
             with shared.cond:
                 if ready():
                     return
@@ -313,6 +312,7 @@ class ParallelZstdDecoder:
                 assert head is not None  # a wait is only for room that a job holds
                 while not head.output and not head.done and not ready():
                     shared.cond.wait()
+            self._drain(block=False)
 
     def _drain(self, *, block: bool) -> None:
         """Emit the oldest jobs' output in order; with block, until every job is through."""
