@@ -39,7 +39,7 @@ from fetcher.errors import CorruptArchive
 from fetcher.stages.decode import OUTPUT_CHUNK, Chunk, Emit, OnBoundary, _ZstdFrameScanner
 
 DEFAULT_MAX_INPUT = 16 << 20
-DEFAULT_MAX_OUTPUT = 32 << 20
+DEFAULT_MAX_OUTPUT = 16 << 20
 
 
 def _ignore_boundary(offset: int) -> None:

@@ -326,3 +326,15 @@ def test_frames_decode_on_several_threads_at_once() -> None:
     decoder.finish()
     assert decoded_ahead == [True]
     assert bytes(emitted) == b"".join(parts)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_the_first_bytes_of_another_frame_are_not_a_boundary(workers: int) -> None:
+    """Two bytes of a next magic number are input the decoder holds: not a clean end."""
+    emitted = bytearray()
+    decoder = ParallelZstdDecoder(emitted.extend, workers=workers)
+    decoder.feed(_frames(PARTS[:2]) + b"\x28\xb5")
+    assert not decoder.at_boundary
+    with pytest.raises(CorruptArchive, match="ended inside frame 3"):
+        decoder.finish()
+    assert bytes(emitted) == b"".join(PARTS[:2])
