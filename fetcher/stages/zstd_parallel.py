@@ -9,8 +9,9 @@ GIL while it decodes). Output is emitted, and frame ends reported, only in the f
 and only in stream order.
 
 Memory is bounded whatever the input: at most ``workers + 1`` frames are in flight, each
-holding at most ``max_input`` compressed bytes not yet decoded and ``max_output`` decoded
-bytes not yet emitted; a worker whose output is full waits (a bomb frame costs ``max_output``
+holding at most ``max_input`` compressed bytes not yet decoded (slices of the bytes objects
+fed, which stay alive until then; other buffers are copied) and ``max_output`` decoded bytes
+not yet emitted; a worker whose output is full waits (a bomb frame costs ``max_output``
 and no more). feed() waits, emitting what is ready meanwhile, when its frame has no room.
 
 Deadlock cannot happen: workers take jobs in stream order, so the oldest job not yet emitted
@@ -55,7 +56,7 @@ class _Job:
 
     def __init__(self, number: int) -> None:
         self.number = number
-        self.input: deque[bytes] = deque()
+        self.input: deque[bytes | memoryview] = deque()
         self.input_bytes = 0
         self.closed = False  # no more input will come
         self.end: int | None = None  # stream position of the frame's end, once it is seen
@@ -176,6 +177,7 @@ class ParallelZstdDecoder:
         self._feed_start = 0
         self._inline: zstandard.ZstdDecompressionWriter | None = None
         self._inline_open = False
+        self._immutable = False
         self._closed = False
         # A decoder dropped without finish() (another stage failed) still stops its workers.
         self._finalizer = weakref.finalize(self, self._shared.cancel)
@@ -188,6 +190,8 @@ class ParallelZstdDecoder:
         if self._closed:
             raise RuntimeError("feed() after the decoder was finished or failed")
         view = memoryview(data)
+        # bytes cannot change under a worker: their slices are handed over without a copy
+        self._immutable = isinstance(data, bytes)
         self._feed_start = self._fed
         try:
             try:
@@ -210,6 +214,8 @@ class ParallelZstdDecoder:
             raise
 
     def finish(self) -> None:
+        if self._closed:
+            raise RuntimeError("finish() after the decoder was finished or failed")
         try:
             open_frame = self._inline_open or self._open is not None
             self._drain_all()
@@ -275,7 +281,8 @@ class ParallelZstdDecoder:
         assert job is not None
         room = self._max_input - self._piece
         for start in range(0, len(piece), self._piece):
-            data = bytes(piece[start : start + self._piece])
+            part = piece[start : start + self._piece]
+            data = part if self._immutable else bytes(part)
             self._wait(lambda: job.input_bytes <= room)
             with self._shared.cond:
                 job.input.append(data)

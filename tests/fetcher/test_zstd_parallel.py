@@ -283,6 +283,8 @@ def test_an_error_from_the_sink_stops_the_workers() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("zstd-frames")]
     with pytest.raises(RuntimeError):
         decoder.feed(b"more")
+    with pytest.raises(RuntimeError):  # not a wait for workers that are gone
+        decoder.finish()
 
 
 def test_a_dropped_decoder_stops_its_workers() -> None:
@@ -338,3 +340,18 @@ def test_the_first_bytes_of_another_frame_are_not_a_boundary(workers: int) -> No
     with pytest.raises(CorruptArchive, match="ended inside frame 3"):
         decoder.finish()
     assert bytes(emitted) == b"".join(PARTS[:2])
+
+
+def test_a_buffer_reused_by_the_caller_after_feed() -> None:
+    """Only bytes are immutable: any other buffer may be refilled as soon as feed() returns."""
+    data = _frames(PARTS)
+    emitted = bytearray()
+    decoder = ParallelZstdDecoder(emitted.extend, workers=3)
+    buffer = bytearray(50_000)
+    for start in range(0, len(data), len(buffer)):
+        piece = data[start : start + len(buffer)]
+        buffer[: len(piece)] = piece
+        decoder.feed(memoryview(buffer)[: len(piece)])
+        buffer[:] = bytes(len(buffer))  # the caller reads the next chunk into it
+    decoder.finish()
+    assert bytes(emitted) == b"".join(PARTS)
