@@ -264,6 +264,11 @@ def _install_signal_handlers(stop: StopRequest) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pack"]:
+        from fetcher.pack.cli import main as pack_main  # noqa: PLC0415  # fetches never load it
+
+        return pack_main(argv[1:])
     args = build_parser().parse_args(argv)
     log = configure(args.log_format)
     stop = StopRequest()
