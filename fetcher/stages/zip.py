@@ -233,7 +233,7 @@ class ZipReader:
         after = f"entry {self.entries + 1}" + (
             f" (after {_text(self._seen[-1])!r})" if self._seen else ""
         )
-        which = repr(name) if name is not None else after
+        which = repr(name) if name is not None else after.removeprefix("entry ")
         if isinstance(error, stream_unzip.MissingPasswordError):
             return UsageError(
                 f"zip {after} is encrypted and no password was given",
