@@ -531,8 +531,10 @@ def _zip_and_lz4_cases(tmp: Path) -> dict[str, Case]:
 
 ZIP_LZ4_RUNS = [("zip-info-zip", "1"), ("zip-info-zip", "4"), ("tar.lz4-cli-frames", "1"),
                 ("tar.lz4-cli-frames", "auto")]  # fmt: skip
-# Entries of 256 KiB restart a zip almost where it stopped; lz4 frames hold up to 4 MiB.
-MAX_SHARE_OF_RESTARTING_ZIP_LZ4 = {"zip-info-zip": 0.5, "tar.lz4-cli-frames": 0.85}
+# Entries of 256 KiB and lz4 frames of up to 4 MiB: measured 0.16-0.40 (zip) and 0.18-0.48
+# (tar.lz4) of restarting from byte 0 at every kill, which a fetcher that cannot resume them
+# costs by definition (1.0).
+MAX_SHARE_OF_RESTARTING_ZIP_LZ4 = {"zip-info-zip": 0.6, "tar.lz4-cli-frames": 0.85}
 
 
 def test_sigkill_zip_and_tar_lz4_at_progress_points_then_restart_until_done(
