@@ -15,7 +15,7 @@ entries the local headers gave.
 
 from __future__ import annotations
 
-import logging
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +30,8 @@ from fetcher.stages.tree import SafeTree
 from fetcher.stages.zipdir import apply_central_directory, names_digest
 from fetcher.state.checkpoint import StateError, ZipState
 
-log = logging.getLogger("model-fetch")
+# WinZip AES fixes its key derivation (PBKDF2-HMAC-SHA1, 1000 rounds): not a choice to warn of.
+warnings.filterwarnings("ignore", "PBKDF2 without", DeprecationWarning)
 
 # What stream-unzip is handed at a time (its own read size): an entry ends inside the last one.
 SLICE = 64 * 1024
@@ -52,16 +53,19 @@ class Boundary:
 
 
 class _Slicer:
-    """The chunks stream-unzip pulls, cut to SLICE, counted, and the recent ones kept."""
+    """The chunks stream-unzip pulls, cut to SLICE and counted; what follows an entry's end
+    is kept (by reference) until the next entry starts, or to the end: the central directory."""
 
     def __init__(self, chunks: Iterator[bytes], start: int) -> None:
         self._chunks = chunks
         self.position = start  # of the next byte handed over
         self.chunk_start = start  # of the chunk being cut
-        self._recent: deque[tuple[int, bytes]] = deque()
+        self._recent: deque[tuple[int, bytes]] = deque()  # at least the last _LOOKBACK bytes
         self._recent_bytes = 0
-        self.trailer: bytearray | None = bytearray()  # collected after an entry end
-        self.trailer_start = start
+        self._before: list[tuple[int, bytes]] = []  # the recent pieces when an entry ended
+        self._after: list[bytes] | None = []  # the pieces since, while collecting
+        self._after_bytes = 0
+        self._mark = start
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._chunks:
@@ -73,32 +77,38 @@ class _Slicer:
                 yield piece
 
     def _keep(self, piece: bytes) -> None:
-        if self.trailer is not None:
-            if len(self.trailer) + len(piece) > MAX_TRAILER:
+        if self._after is not None:
+            self._after_bytes += len(piece)
+            if self._after_bytes > MAX_TRAILER:
                 raise CorruptArchive(
                     f"more than {MAX_TRAILER} bytes follow the last zip entry",
                     "the archive is damaged or has something appended; refusing it",
                 )
-            self.trailer += piece
+            self._after.append(piece)
         self._recent.append((self.position, piece))
         self._recent_bytes += len(piece)
         while self._recent_bytes - len(self._recent[0][1]) >= _LOOKBACK:
             self._recent_bytes -= len(self._recent.popleft()[1])
 
     def entry_ended(self) -> None:
-        """Collect from here on: the next entry's header, or the central directory."""
-        low = self.position - _LOOKBACK
-        kept = [(at, piece) for at, piece in self._recent if at + len(piece) > low]
-        self.trailer_start = max(kept[0][0], low) if kept else self.position
-        self.trailer = bytearray()
-        for at, piece in kept:
-            self.trailer += piece[max(self.trailer_start - at, 0) :]
+        """Keep what follows from here: the next entry's header, or the central directory."""
+        self._mark = self.position
+        self._before = list(self._recent)
+        self._after = []
+        self._after_bytes = 0
 
-    def entry_started(self) -> tuple[int, bytes]:
-        """Stop collecting; what was collected and where it starts."""
-        collected = bytes(self.trailer or b"")
-        self.trailer = None
-        return self.trailer_start, collected
+    def entry_started(self, *, keep: bool) -> tuple[int, bytes]:
+        """Stop keeping; with keep, the bytes from _LOOKBACK before the end on, and where."""
+        collected = self.collected() if keep else (self._mark, b"")
+        self._before, self._after = [], None
+        return collected
+
+    def collected(self) -> tuple[int, bytes]:
+        low = self._mark - _LOOKBACK
+        pieces = [(at, piece) for at, piece in self._before if at + len(piece) > low]
+        start = max(pieces[0][0], low) if pieces else self._mark
+        head = b"".join(piece[max(start - at, 0) :] for at, piece in pieces)
+        return start, head + b"".join(self._after or ())
 
 
 class ZipReader:
@@ -165,9 +175,11 @@ class ZipReader:
                 break
             except stream_unzip.UnzipError as error:
                 raise self._translate(error, None, slicer) from None
-            header_from, collected = slicer.entry_started()
+            offer = ended_at is not None and paused_in != slicer.chunk_start
+            header_from, collected = slicer.entry_started(keep=offer)
             self._check_expected(name)
-            if ended_at is not None and paused_in != slicer.chunk_start:
+            if offer:
+                assert ended_at is not None
                 at = _next_header(
                     collected, header_from, ended_at, name=name, size=size, password=self._password
                 )
@@ -177,7 +189,7 @@ class ZipReader:
             self._extract(name, size, content, slicer)
             slicer.entry_ended()
             ended_at = slicer.position
-        return bytes(slicer.trailer or b"")
+        return slicer.collected()[1]
 
     def _check_expected(self, name: bytes) -> None:
         expected, self._expect = self._expect, None
@@ -221,7 +233,7 @@ class ZipReader:
         after = f"entry {self.entries + 1}" + (
             f" (after {_text(self._seen[-1])!r})" if self._seen else ""
         )
-        which = repr(name) if name is not None else after
+        which = repr(name) if name is not None else after.removeprefix("entry ")
         if isinstance(error, stream_unzip.MissingPasswordError):
             return UsageError(
                 f"zip {after} is encrypted and no password was given",
@@ -236,7 +248,7 @@ class ZipReader:
         if isinstance(error, stream_unzip.UnexpectedSignatureError) and not self._seen:
             return CorruptArchive(
                 "the stream should be a zip archive but starts with "
-                f"{preview(bytes(slicer.trailer or b''))}",
+                f"{preview(slicer.collected()[1])}",
                 "check the URL (an error page?) or give the --format it has",
             )
         what = next(

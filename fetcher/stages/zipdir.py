@@ -78,6 +78,8 @@ def _apply_modes(tree: SafeTree, listed: list[zipfile.ZipInfo], raw: list[bytes]
             continue
         mode = info.external_attr >> 16
         is_dir_name = name.endswith("/")
+        if not stat.S_IFMT(mode):  # permission bits alone, as zipfile.writestr records them
+            mode |= stat.S_IFDIR if is_dir_name else stat.S_IFREG
         if stat.S_ISDIR(mode) != is_dir_name:
             raise UnsafeArchive(name, "its mode and its name disagree on whether it is a directory")
         if stat.S_ISDIR(mode):

@@ -10,6 +10,7 @@ import gzip
 import io
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -370,3 +371,44 @@ def test_a_probe_announcing_an_impossible_length_is_refused(tmp_path: Path) -> N
 def test_the_expected_tree_helper_still_matches(tmp_path: Path) -> None:
     # Guards the fixtures above: TREE written by the test helper is what GOOD_TAR holds.
     assert tree_snapshot(write_tree(TREE, tmp_path / "t"))["weights.bin"][2] == b"w" * 200_000
+
+
+# --- zip -------------------------------------------------------------------------------------
+
+
+def _zip(method: int = zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in TREE.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _flip_content_byte(archive: bytes) -> bytes:
+    """One byte of the first entry's stored content changed: only its CRC-32 can tell."""
+    data = bytearray(archive)
+    data[30 + len("weights.bin") + 1000] ^= 0x01
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (_flip_content_byte(_zip()), "zip entry 'weights.bin' fails its CRC-32 check"),
+        (_zip(zipfile.ZIP_DEFLATED)[:-30], "central directory is missing or damaged"),
+        (_zip()[:5000], "zip entry 'weights.bin' was cut short"),
+        (
+            _zip()[: 30 + len("weights.bin") + 200_000],
+            "zip entry 2 (after 'weights.bin') was cut short",
+        ),
+        (HTML, "should be a zip archive but starts with `<!DOCTYPE html>"),
+    ],
+    ids=["crc-mismatch", "cut-in-central-directory", "cut-in-entry", "cut-at-entry-end", "html"],
+)
+def test_a_damaged_zip_is_exit_4_in_one_line(
+    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str], body: bytes, says: str
+) -> None:
+    origin.add("/m.zip", body)
+    code, _ = _fetch(origin, tmp_path, "/m.zip")
+    assert code == 4
+    assert says in _one_line_failure(capsys, tmp_path)

@@ -11,6 +11,8 @@ import io
 import os
 import stat
 import tarfile
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -201,3 +203,128 @@ def test_read_only_directories_still_receive_their_members(tmp_path: Path) -> No
     extract(build_tar(frozen, _file("frozen/inside", b"ok")), tmp_path / "root")
     assert (tmp_path / "root/frozen/inside").read_bytes() == b"ok"
     assert stat.S_IMODE((tmp_path / "root/frozen").stat().st_mode) == 0o755  # owner keeps rwx
+
+
+# --- zip: the same refusals, through the zip reader -------------------------------------------
+
+ZipMember = tuple[str, bytes, int]  # name, content, st_mode (0: zipfile's default)
+
+
+def build_zip(*members: ZipMember, method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Duplicate name", UserWarning)  # wanted here
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
+            info.create_system, info.compress_type = 3, method
+            info.external_attr = (mode or stat.S_IFREG | 0o644) << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def _zfile(name: str, data: bytes = b"x", mode: int = 0o644) -> ZipMember:
+    return name, data, stat.S_IFREG | mode
+
+
+def _zlink(name: str, target: str) -> ZipMember:
+    return name, target.encode(), stat.S_IFLNK | 0o777
+
+
+def _zdir(name: str) -> ZipMember:
+    return name.rstrip("/") + "/", b"", stat.S_IFDIR | 0o755
+
+
+def extract_zip(data: bytes, root: Path, *, step: int = 4096, cap: int = 10**9) -> Stages:
+    run = Stages(root, compression=None, layout=Layout.ZIP, file_name="x", max_extracted=cap)
+    hasher = ResumableSha256()
+    try:
+        for start in range(0, len(data), step):
+            piece = data[start : start + step]
+            run.feed(piece, hasher.copy())
+            hasher.update(piece)
+        run.finish()
+    finally:
+        run.release()
+    return run
+
+
+def _renamed_in_central_directory(data: bytes, old: bytes, new: bytes) -> bytes:
+    """The local header keeps old; the central directory says new (same length)."""
+    central = data.index(b"PK\x01\x02")
+    at = data.index(old, central)
+    return data[:at] + new + data[at + len(old) :]
+
+
+ZIP_CASES: dict[str, tuple[Callable[[], bytes], str]] = {
+    "absolute path": (lambda: build_zip(_zfile("/tmp/evil")), "absolute"),
+    "dot-dot at the start": (lambda: build_zip(_zfile("../sentinel", b"owned")), "'..'"),
+    "dot-dot in the middle": (lambda: build_zip(_zfile("a/../../sentinel", b"owned")), "'..'"),
+    "symlink to an absolute path": (lambda: build_zip(_zlink("etc", "/etc")), "absolute"),
+    "symlink climbing out": (lambda: build_zip(_zlink("out", "../target")), "leaves"),
+    "symlink climbing out from a subdirectory": (
+        lambda: build_zip(_zdir("a"), _zlink("a/out", "../../target")),
+        "leaves",
+    ),
+    "symlink chain through a link to the root": (
+        lambda: build_zip(_zdir("d"), _zlink("d/up", ".."), _zlink("d/esc", "up/../target")),
+        "after a name",
+    ),
+    "write through a symlink to a directory": (
+        lambda: build_zip(_zdir("real"), _zlink("alias", "real"), _zfile("alias/file")),
+        "symlink",
+    ),
+    "character device": (lambda: build_zip(("tty", b"", stat.S_IFCHR | 0o600)), "not allowed"),
+    "a file replacing a directory": (
+        lambda: build_zip(_zdir("model"), _zfile("model/w"), _zfile("model")),
+        "replace a directory",
+    ),
+    "more bytes than the cap": (
+        lambda: build_zip(_zfile("a", b"1" * 600), _zfile("b", b"2" * 600)),
+        "cap",
+    ),
+    "a bomb far beyond the cap": (lambda: build_zip(_zfile("bomb", bytes(50 << 20))), "cap"),
+    "a name the central directory gives otherwise": (
+        lambda: _renamed_in_central_directory(
+            build_zip(_zfile("good.bin"), _zfile("next.bin")), b"next.bin", b"evil.bin"
+        ),
+        "central directory names entry 2 'evil.bin'",
+    ),
+    "a name for the reserved state folder": (
+        lambda: build_zip(_zfile(".model-fetch/checkpoint.json")),
+        "keeps for its own files",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ZIP_CASES))
+@pytest.mark.parametrize("step", [512, 1 << 20])
+def test_zip_refusals_name_the_member_and_nothing_escapes(jail: Path, case: str, step: int) -> None:
+    make_archive, reason = ZIP_CASES[case]
+    before = _listing(jail)
+    with pytest.raises(UnsafeArchive) as caught:
+        extract_zip(make_archive(), jail / "root", step=step, cap=1000)
+    assert reason in caught.value.line()
+    assert caught.value.exit_code == 4
+    assert caught.value.member
+    assert _listing(jail) == before
+    assert (jail / "sentinel").read_bytes() == b"untouched"
+
+
+def test_zip_modes_links_and_duplicates_follow_tar(tmp_path: Path) -> None:
+    archive = build_zip(
+        _zdir("weights"),
+        _zfile("weights/shard-0", b"zero"),
+        _zlink("weights/latest", "shard-0"),
+        _zfile("bin/tool", b"#!", mode=0o7755),
+        _zfile("config", b"old"),
+        _zlink("config", "other"),
+        _zfile("config", b"new"),  # the last of one path wins, as in tar
+        _zlink("top", "weights/shard-0"),
+    )
+    root = tmp_path / "root"
+    extract_zip(archive, root)
+    assert (root / "weights/latest").read_bytes() == b"zero"
+    assert os.readlink(root / "top") == "weights/shard-0"
+    assert stat.S_IMODE((root / "bin/tool").stat().st_mode) == 0o755  # no setuid, setgid, sticky
+    assert (root / "config").read_bytes() == b"new"
+    assert not (root / "config").is_symlink()
