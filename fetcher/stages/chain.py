@@ -8,7 +8,9 @@ the chunk is derived when, and only when, a checkpoint needs it.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fetcher.formats import Compression, Layout, strip_suffix
@@ -30,6 +32,19 @@ OnRestorable = Callable[[int], None]
 RestoreWanted = Callable[[int], bool]
 # The codec a decoder state names, for each compression that has one.
 CODECS = {Compression.ZSTD: "zstd", Compression.GZIP: "gzip", Compression.XZ: "xz"}
+
+
+@dataclass(frozen=True)
+class _Fed:
+    """A chunk fed to the decoder, and the digest state of every byte before it."""
+
+    start: int
+    hash_before: ResumableSha256
+    data: memoryview
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
 
 
 def _never(position: int) -> None:
@@ -107,6 +122,10 @@ class Stages:
             raise StateError(str(error)) from None
         self._chunk: memoryview = memoryview(b"")
         self._chunk_start = self.bytes
+        # Chunks fed before the current one, as far back as the decoder may still report a
+        # boundary in (one decoding frames ahead on other threads reports them late).
+        self._earlier: deque[_Fed] = deque()
+        self._earlier_bytes = 0
         self._reported_at = -1  # the last position on_restorable was called with
         try:
             self._decoder = AutoDecoder(
@@ -140,6 +159,7 @@ class Stages:
 
     def feed(self, chunk: Chunk, hash_before: ResumableSha256) -> None:
         """Decode chunk; hash_before is the digest state of every byte before it."""
+        self._keep_current()
         self._chunk = memoryview(chunk)
         self._chunk_start = self.bytes
         self._hash_before = hash_before
@@ -148,10 +168,22 @@ class Stages:
         if self._decoder.started and self.at_boundary and self._reported_at != self.bytes:
             self._report()
 
+    def _keep_current(self) -> None:
+        lookback = self._decoder.lookback_bytes
+        if lookback and self._chunk:
+            self._earlier.append(_Fed(self._chunk_start, self._hash_before, self._chunk))
+            self._earlier_bytes += len(self._chunk)
+        while self._earlier and self._earlier_bytes - len(self._earlier[0].data) >= lookback:
+            self._earlier_bytes -= len(self._earlier.popleft().data)
+
     def _on_boundary(self, offset: int) -> None:
         """The decoder can be restored at offset in the current chunk (a frame or member end,
-        or a point inside one it can carry on from); everything before is out."""
-        self.bytes = self._chunk_start + offset
+        or a point inside one it can carry on from; negative: in an earlier chunk); every
+        byte before it is out, none after."""
+        position = self._chunk_start + offset
+        if offset < 0 and (not self._earlier or position < self._earlier[0].start):
+            return  # older than any digest state kept: the next boundary will do
+        self.bytes = position
         self._report()
 
     def _report(self) -> None:
@@ -166,8 +198,11 @@ class Stages:
             self._report()
 
     def _hash_state(self) -> bytes:
-        hasher = self._hash_before.copy()
-        hasher.update(self._chunk[: self.bytes - self._chunk_start])
+        fed = _Fed(self._chunk_start, self._hash_before, self._chunk)
+        if self.bytes < self._chunk_start:
+            fed = next(f for f in reversed(self._earlier) if f.start <= self.bytes <= f.end)
+        hasher = fed.hash_before.copy()
+        hasher.update(fed.data[: self.bytes - fed.start])
         return hasher.export_state()
 
     def restore_point(self, history_serial: int) -> tuple[RestorePoint, bytes | None]:

@@ -548,3 +548,8 @@ class AutoDecoder:
 
     def mid_state(self) -> MidState | None:
         return None if self._inner is None else self._inner.mid_state()
+
+    @property
+    def lookback_bytes(self) -> int:
+        """How far behind the data being fed a boundary may still be reported."""
+        return getattr(self._inner, "lookback_bytes", 0)
