@@ -8,7 +8,6 @@ knows whether it stands at a member/frame boundary, the points where a later run
 from __future__ import annotations
 
 import bz2
-import lzma
 from collections.abc import Callable
 from typing import IO, Protocol, cast
 
@@ -19,6 +18,7 @@ from fetcher.errors import CorruptArchive
 from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compression, preview
 from fetcher.stages.gzip_member import GzipMembers
 from fetcher.stages.midstream import MidState, RestoreWanted, never_wanted
+from fetcher.stages.xz_blocks import XzStreams
 from fetcher.state.checkpoint import StateError
 
 NAMES = {
@@ -255,7 +255,7 @@ class ZstdDecoder:
 
 
 class _MemberDecoder:
-    """Concatenated streams (xz, bzip2), one stdlib object each."""
+    """Concatenated streams (bzip2, as pbzip2 writes), one stdlib object each."""
 
     name = ""
 
@@ -277,13 +277,13 @@ class _MemberDecoder:
         buffer = bytes(data)
         while buffer:
             if self._current is None:
-                buffer = buffer.lstrip(b"\0")  # padding between streams (xz)
+                buffer = buffer.lstrip(b"\0")  # padding between streams
                 if not buffer:
                     return
                 self._current = self._new()
             try:
                 buffer = self._drain(self._current, buffer)
-            except (OSError, EOFError, lzma.LZMAError) as error:
+            except (OSError, EOFError) as error:
                 raise CorruptArchive(
                     f"{self.name} stream is corrupt in member {self.members + 1}: {error}",
                     "the file is damaged",
@@ -343,11 +343,28 @@ def resume_gzip(
     return decoder
 
 
-class XzDecoder(_MemberDecoder):
-    name = "xz"
+class XzDecoder(XzStreams):
+    """Concatenated xz streams, restartable at block starts where block headers carry sizes."""
 
-    def _new(self) -> _StdlibDecompressor:
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    def __init__(
+        self,
+        emit: Emit,
+        on_boundary: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
+    ) -> None:
+        super().__init__(emit, on_boundary, restore_wanted, output_chunk=OUTPUT_CHUNK)
+
+
+def resume_xz(
+    state: MidState,
+    emit: Emit,
+    on_boundary: OnBoundary = _ignore_boundary,
+    restore_wanted: RestoreWanted = never_wanted,
+) -> XzDecoder:
+    """An xz decoder fed from the block start state was taken at; StateError if unfit."""
+    decoder = XzDecoder(emit, on_boundary, restore_wanted)
+    decoder.restore(state)
+    return decoder
 
 
 class Bzip2Decoder(_MemberDecoder):
@@ -441,6 +458,7 @@ _RESUMERS: dict[
     str, tuple[Compression, Callable[[MidState, Emit, OnBoundary, RestoreWanted], Decoder]]
 ] = {
     "gzip": (Compression.GZIP, resume_gzip),
+    "xz": (Compression.XZ, resume_xz),
 }
 
 
