@@ -128,6 +128,7 @@ class GzipMembers:
         self._on_boundary = on_boundary
         self._restore_wanted = restore_wanted
         self._output_chunk = output_chunk
+        self._scratch = bytearray(output_chunk)  # what zlib writes into, copied out
         self.members = 0
         self._phase = _BETWEEN
         self._header = _Header()
@@ -223,7 +224,7 @@ class GzipMembers:
             pos += 1
         while True:
             stepping = self._restore_wanted()
-            output = inflater.inflate(data, pos, self._output_chunk, stop_at_block=stepping)
+            output = inflater.inflate(data, pos, self._scratch, stop_at_block=stepping)
             pos += inflater.consumed
             if output:
                 self._crc = zlib.crc32(output, self._crc)

@@ -176,22 +176,26 @@ class Inflater:
                 self.close()
                 raise _fail(code, stream)
 
-    def inflate(self, data: bytes, start: int, out_size: int, *, stop_at_block: bool) -> memoryview:
-        """Inflate data[start:] into at most out_size new bytes; return them.
+    def inflate(
+        self, data: bytes, start: int, scratch: bytearray, *, stop_at_block: bool
+    ) -> memoryview:
+        """Inflate data[start:] into at most len(scratch) new bytes; return them.
 
-        Then ``consumed`` tells how many bytes of data it read. With stop_at_block it also
-        returns at the next block end, and at_block_end and unused_bits say so.
+        scratch is only written to: the caller reuses one, since a fresh one per call costs a
+        memset of its whole size. Then ``consumed`` tells how many bytes of data it read. With
+        stop_at_block it also returns at the next block end, and at_block_end and
+        unused_bits say so.
         """
         stream = self._stream
+        out_size = min(len(scratch), _MAX_AVAIL)
         avail_in = min(len(data) - start, _MAX_AVAIL)
-        output = bytearray(out_size)
         stream.next_in = _address(data) + start
         stream.avail_in = avail_in
-        stream.next_out = _address(output)
+        stream.next_out = _address(scratch)
         stream.avail_out = out_size
         code = self._libz.inflate(ctypes.byref(stream), _Z_BLOCK if stop_at_block else _Z_NO_FLUSH)
         self.consumed = avail_in - stream.avail_in
-        produced = out_size - stream.avail_out
+        output = bytes(memoryview(scratch)[: out_size - stream.avail_out])
         stream.next_in = stream.next_out = None  # no pointers into Python buffers kept
         if code == _Z_STREAM_END:
             self.finished = True
@@ -204,7 +208,7 @@ class Inflater:
             and data_type & (_AT_BLOCK_END | _LAST_BLOCK) == _AT_BLOCK_END
         )
         self.unused_bits = data_type & _UNUSED_BITS_MASK
-        return memoryview(output)[:produced]
+        return memoryview(output)
 
     def history(self) -> bytes:
         """The last WINDOW_SIZE bytes of output (all of it, if less)."""
