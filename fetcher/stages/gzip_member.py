@@ -14,8 +14,8 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from fetcher.errors import CorruptArchive
-from fetcher.stages.inflate import WINDOW_SIZE, InflateError, Inflater
+from fetcher.errors import CorruptArchive, FetchError
+from fetcher.stages.inflate import WINDOW_SIZE, InflateError, Inflater, InflateUnavailable
 from fetcher.stages.midstream import MidState, RestoreWanted
 from fetcher.state.checkpoint import StateError
 
@@ -151,9 +151,14 @@ class GzipMembers:
         self._crc = fields["crc"]
         self._length = fields["length"]
         bits, byte = fields["bits"], fields["byte"]
-        self._inflater = Inflater(
-            history=state.history, bits=bits, value=byte >> (8 - bits) if bits else 0
-        )
+        try:
+            self._inflater = Inflater(
+                history=state.history, bits=bits, value=byte >> (8 - bits) if bits else 0
+            )
+        except InflateError as error:
+            raise StateError(f"gzip state does not restart zlib: {error}") from None
+        except InflateUnavailable as error:
+            raise _unavailable(error) from None
         self._resumed_in = byte if bits else None
         self._phase = _BODY
 
@@ -194,6 +199,8 @@ class GzipMembers:
                 f"gzip stream is corrupt in member {self.members + 1}: {error}",
                 "the file is damaged",
             ) from None
+        except InflateUnavailable as error:
+            raise _unavailable(error) from None
 
     def _step(self, data: bytes, pos: int) -> int:
         if self._phase == _BETWEEN:
@@ -279,6 +286,10 @@ class GzipMembers:
     @property
     def at_boundary(self) -> bool:
         return self._phase == _BETWEEN
+
+
+def _unavailable(error: InflateUnavailable) -> FetchError:
+    return FetchError(str(error), "run the fetcher on a CPython whose zlib module uses libz")
 
 
 _FIELDS: Final = ("version", "members", "crc", "length", "bits", "byte")
