@@ -18,13 +18,14 @@ import subprocess
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
 from fetcher.errors import CorruptArchive
 from fetcher.stages.decode import (
     Bzip2Decoder,
+    Decoder,
     Emit,
     GzipDecoder,
     OnBoundary,
@@ -39,16 +40,8 @@ from tests.support.archives import cli_compress, make_tree, tar_bytes, write_tre
 TARGETS_PER_ARCHIVE = 6
 
 
-class _Resumable(Protocol):
-    def feed(self, data: bytes) -> None: ...
-
-    def finish(self) -> None: ...
-
-    def mid_state(self) -> MidState | None: ...
-
-
-Resume = Callable[[MidState, Emit, OnBoundary, RestoreWanted], _Resumable]
-Fresh = Callable[[Emit, OnBoundary, RestoreWanted], _Resumable]
+Resume = Callable[[MidState, Emit, OnBoundary, RestoreWanted], Decoder]
+Fresh = Callable[[Emit, OnBoundary, RestoreWanted], Decoder]
 
 
 @dataclass(frozen=True)
@@ -67,7 +60,7 @@ class Run:
 
 def _decode(
     data: bytes,
-    start: Callable[[Emit, OnBoundary, RestoreWanted], _Resumable],
+    start: Fresh,
     *,
     base: int,
     prior: int,
@@ -141,7 +134,7 @@ def _check_resumes(
 def _resume(
     archive: bytes, resume: Resume, point: Point, targets: list[int], rng: random.Random
 ) -> Run:
-    def start(emit: Emit, on_boundary: OnBoundary, wanted: RestoreWanted) -> _Resumable:
+    def start(emit: Emit, on_boundary: OnBoundary, wanted: RestoreWanted) -> Decoder:
         return resume(point.state, emit, on_boundary, wanted)
 
     return _decode(
@@ -180,7 +173,7 @@ def gzip_archives(tar_payload: bytes, tmp_path_factory: pytest.TempPathFactory) 
     }
 
 
-def _gzip_fresh(emit: Emit, on_boundary: OnBoundary, wanted: RestoreWanted) -> _Resumable:
+def _gzip_fresh(emit: Emit, on_boundary: OnBoundary, wanted: RestoreWanted) -> Decoder:
     return GzipDecoder(emit, on_boundary, wanted)
 
 
@@ -317,7 +310,7 @@ def xz_archives(xz_payload: bytes) -> dict[str, bytes]:
     return archives
 
 
-def _xz_fresh(emit: Emit, on_boundary: OnBoundary, wanted: RestoreWanted) -> _Resumable:
+def _xz_fresh(emit: Emit, on_boundary: OnBoundary, wanted: RestoreWanted) -> Decoder:
     return XzDecoder(emit, on_boundary, wanted)
 
 
@@ -399,7 +392,7 @@ def test_bzip2_restarts_only_where_a_stream_ends(xz_payload: bytes) -> None:
     half = len(xz_payload) // 2
     archive = cli_compress(xz_payload[:half], "bzip2") + cli_compress(xz_payload[half:], "bzip2")
 
-    def fresh(emit: Emit, on_boundary: OnBoundary, wanted: RestoreWanted) -> _Resumable:
+    def fresh(emit: Emit, on_boundary: OnBoundary, wanted: RestoreWanted) -> Decoder:
         return Bzip2Decoder(emit, on_boundary, wanted)
 
     run = _decode(archive, fresh, base=0, prior=0, targets=[1, half], rng=random.Random(2))
