@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The command-line tools the test suite runs for real (archives made by the real zstd, gzip,
-# xz, bzip2, lz4, tar, zip and 7z; containers simulated with unshare). Installs what is
+# pigz, xz, bzip2, lz4, tar, zip and 7z; containers simulated with unshare). Installs what is
 # missing from Debian when run as root; otherwise says what to install.
 set -euo pipefail
 declare -A package=(
-    [zstd]=zstd [pzstd]=zstd [gzip]=gzip [xz]=xz-utils [bzip2]=bzip2 [tar]=tar
+    [zstd]=zstd [pzstd]=zstd [gzip]=gzip [pigz]=pigz [xz]=xz-utils [bzip2]=bzip2 [tar]=tar
     [unshare]=util-linux [lz4]=lz4 [zip]=zip [unzip]=unzip [7z]=p7zip-full
 )
 missing=()

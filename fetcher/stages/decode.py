@@ -8,8 +8,6 @@ knows whether it stands at a member/frame boundary, the points where a later run
 from __future__ import annotations
 
 import bz2
-import lzma
-import zlib
 from collections.abc import Callable
 from typing import IO, Protocol, cast
 
@@ -18,7 +16,9 @@ import zstandard
 
 from fetcher.errors import CorruptArchive
 from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compression, preview
+from fetcher.stages.gzip_member import GzipMembers
 from fetcher.stages.midstream import MidState, RestoreWanted, never_wanted
+from fetcher.stages.xz_blocks import XzStreams
 from fetcher.state.checkpoint import StateError
 
 NAMES = {
@@ -255,7 +255,7 @@ class ZstdDecoder:
 
 
 class _MemberDecoder:
-    """Concatenated members (gzip), streams (xz) or streams (bzip2), one stdlib object each."""
+    """Concatenated streams (bzip2, as pbzip2 writes), one stdlib object each."""
 
     name = ""
 
@@ -277,13 +277,13 @@ class _MemberDecoder:
         buffer = bytes(data)
         while buffer:
             if self._current is None:
-                buffer = buffer.lstrip(b"\0")  # padding between members (tar blocks, xz)
+                buffer = buffer.lstrip(b"\0")  # padding between streams
                 if not buffer:
                     return
                 self._current = self._new()
             try:
                 buffer = self._drain(self._current, buffer)
-            except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:
+            except (OSError, EOFError) as error:
                 raise CorruptArchive(
                     f"{self.name} stream is corrupt in member {self.members + 1}: {error}",
                     "the file is damaged",
@@ -319,18 +319,52 @@ class _MemberDecoder:
         return None
 
 
-class GzipDecoder(_MemberDecoder):
-    name = "gzip"
+class GzipDecoder(GzipMembers):
+    """Concatenated gzip members, restartable at deflate block ends inside one."""
 
-    def _new(self) -> _StdlibDecompressor:
-        return _ZlibAdapter(zlib.decompressobj(wbits=16 + zlib.MAX_WBITS))
+    def __init__(
+        self,
+        emit: Emit,
+        on_boundary: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
+    ) -> None:
+        super().__init__(emit, on_boundary, restore_wanted, output_chunk=OUTPUT_CHUNK)
 
 
-class XzDecoder(_MemberDecoder):
-    name = "xz"
+def resume_gzip(
+    state: MidState,
+    emit: Emit,
+    on_boundary: OnBoundary = _ignore_boundary,
+    restore_wanted: RestoreWanted = never_wanted,
+) -> GzipDecoder:
+    """A gzip decoder fed from the compressed byte state was taken at; StateError if unfit."""
+    decoder = GzipDecoder(emit, on_boundary, restore_wanted)
+    decoder.restore(state)
+    return decoder
 
-    def _new(self) -> _StdlibDecompressor:
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+class XzDecoder(XzStreams):
+    """Concatenated xz streams, restartable at block starts where block headers carry sizes."""
+
+    def __init__(
+        self,
+        emit: Emit,
+        on_boundary: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
+    ) -> None:
+        super().__init__(emit, on_boundary, restore_wanted, output_chunk=OUTPUT_CHUNK)
+
+
+def resume_xz(
+    state: MidState,
+    emit: Emit,
+    on_boundary: OnBoundary = _ignore_boundary,
+    restore_wanted: RestoreWanted = never_wanted,
+) -> XzDecoder:
+    """An xz decoder fed from the block start state was taken at; StateError if unfit."""
+    decoder = XzDecoder(emit, on_boundary, restore_wanted)
+    decoder.restore(state)
+    return decoder
 
 
 class Bzip2Decoder(_MemberDecoder):
@@ -409,27 +443,6 @@ class _StdlibDecompressor(Protocol):
     def decompress(self, data: bytes, max_length: int = ..., /) -> bytes: ...
 
 
-class _ZlibAdapter:
-    """zlib's decompressobj in the shape of lzma's and bz2's (needs_input, max_length)."""
-
-    def __init__(self, inner: zlib._Decompress) -> None:
-        self._inner = inner
-        self.needs_input = True
-
-    @property
-    def eof(self) -> bool:
-        return self._inner.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._inner.unused_data
-
-    def decompress(self, data: bytes, max_length: int = 0, /) -> bytes:
-        output = self._inner.decompress(self._inner.unconsumed_tail + data, max_length)
-        self.needs_input = not self._inner.unconsumed_tail and len(output) < max_length
-        return output
-
-
 _DECODERS: dict[Compression, Callable[[Emit, OnBoundary, RestoreWanted], Decoder]] = {
     Compression.NONE: IdentityDecoder,
     Compression.ZSTD: ZstdDecoder,
@@ -443,7 +456,10 @@ _DECODERS: dict[Compression, Callable[[Emit, OnBoundary, RestoreWanted], Decoder
 # Decoders that carry on from inside a frame or member, by the codec name in their MidState.
 _RESUMERS: dict[
     str, tuple[Compression, Callable[[MidState, Emit, OnBoundary, RestoreWanted], Decoder]]
-] = {}
+] = {
+    "gzip": (Compression.GZIP, resume_gzip),
+    "xz": (Compression.XZ, resume_xz),
+}
 
 
 def make_decoder(

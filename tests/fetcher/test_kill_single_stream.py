@@ -1,15 +1,16 @@
-"""kill -9 inside one zstd frame or one gzip member: a restart carries on from the last
+"""kill -9 inside one zstd frame, gzip member or xz stream: a restart carries on from the last
 checkpoint inside it, not from byte 0.
 
-These are the archives people have: ``tar -I zstd``, ``zstd -19 --long=27``, ``tar czf`` and
-``pigz`` each write a single frame or member, so the only restorable points are the block
-boundaries inside it. Kills are triggered by the origin at seeded shares of what an attempt
-has to fetch (see test_kill), never by a clock.
+These are the archives people have: ``tar -I zstd``, ``zstd -19 --long=27``, ``tar czf``,
+``pigz`` and ``xz -T0`` each write a single frame, member or stream, so the only restorable
+points are the block boundaries inside it. Kills are triggered by the origin at seeded shares
+of what an attempt has to fetch (see test_kill), never by a clock.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import lzma
 import random
 import re
 import subprocess
@@ -45,7 +46,7 @@ from tests.fetcher.test_kill import (
 from tests.support.archives import write_tree
 from tests.support.origin import Faults, Origin
 
-INSIDE = re.compile(r"from byte \d+ \(inside a (zstd|gzip) frame or member")
+INSIDE = re.compile(r"from byte \d+ \(inside a (zstd|gzip|xz) frame or member")
 # A restart from byte 0 at every kill costs 1.0 of itself by definition; one that resumes
 # inside the frame loses at most an interval's bytes per kill (measured below ~0.3 here).
 MAX_SHARE_OF_RESTARTING = 0.6
@@ -77,11 +78,27 @@ def _one_gzip_member(archive: bytes) -> bool:
     return decoder.eof and not decoder.unused_data
 
 
+def _one_xz_stream(archive: bytes) -> bool:
+    decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    decoder.decompress(archive)
+    return decoder.eof and not decoder.unused_data
+
+
+ONE_STREAM = {
+    "zstd": _one_zstd_frame,
+    "gzip": _one_gzip_member,
+    "pigz": _one_gzip_member,
+    "xz": _one_xz_stream,
+}
+
+
 SINGLE_STREAM = {
     "tar -I zstd": ("zstd",),
     "zstd -19 --long=27": ("zstd", "-19", "--long=27"),
     "tar czf": ("gzip", "-n"),
     "pigz": ("pigz", "-n"),
+    # 1 MiB blocks: the default (24 MiB at -6) would be more than this whole archive.
+    "xz -T0": ("xz", "-T0", "--block-size=1MiB"),
 }
 
 
@@ -91,8 +108,8 @@ def single_stream_cases(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
     cases = []
     for name, compressor in SINGLE_STREAM.items():
         archive = _tar_with(tree, tmp_path_factory.mktemp("src"), *compressor)
-        one = _one_zstd_frame if compressor[0] == "zstd" else _one_gzip_member
-        assert one(archive), f"{name} did not write a single frame or member"
+        one = ONE_STREAM[compressor[0]]
+        assert one(archive), f"{name} did not write a single frame, member or stream"
         cases.append(Case(name, archive, tree))
     return cases
 

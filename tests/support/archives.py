@@ -12,9 +12,9 @@ A tree is a mapping of relative POSIX paths to entries::
 
 Parent directories are implied. ``py_archive`` builds bytes with tarfile and the Python codecs
 (several parts give multi-frame zstd, multi-member gzip, multi-stream xz/bzip2); ``cli_archive``
-writes the tree to disk and runs ``tar`` and ``zstd``/``pzstd``/``gzip``/``xz``/``bzip2``, which
-is what model publishers actually run. ``tree_snapshot`` reads a directory back for byte-for-byte
-comparison.
+writes the tree to disk and runs ``tar`` and ``zstd``/``pzstd``/``gzip``/``pigz``/``xz``/``bzip2``,
+which is what model publishers actually run. ``tree_snapshot`` reads a directory back for
+byte-for-byte comparison.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import stat
 import struct
 import subprocess
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -82,7 +82,7 @@ class Dir:
 Entry = bytes | File | Symlink | Hardlink | Dir
 Tree = Mapping[str, Entry]
 Codec = Literal["zst", "gz", "xz", "bz2", "lz4", "none"]
-Tool = Literal["zstd", "pzstd", "gzip", "xz", "bzip2", "lz4", "none"]
+Tool = Literal["zstd", "pzstd", "gzip", "pigz", "xz", "bzip2", "lz4", "none"]
 Kind = Literal["file", "dir", "symlink", "other"]
 Snapshot = dict[str, tuple[Kind, int, bytes | str]]
 """relpath -> (kind, permission bits, file bytes or link target); directories carry b""."""
@@ -215,19 +215,24 @@ _TOOL_ARGS: dict[Tool, list[str]] = {
     "zstd": ["zstd", "-q", "-c", "-T0"],
     "pzstd": ["pzstd", "-q", "-c", "-p", "2"],
     "gzip": ["gzip", "-c", "-n"],
+    "pigz": ["pigz", "-c", "-n", "-p", "2"],
     "xz": ["xz", "-c", "-T0"],
     "bzip2": ["bzip2", "-c"],
     "lz4": ["lz4", "-q", "-c"],
 }
 
 
-def cli_compress(data: bytes, tool: Tool, *, level: int | None = None) -> bytes:
-    """Compress ``data`` with the real command-line tool, via stdin and stdout."""
+def cli_compress(
+    data: bytes, tool: Tool, *, level: int | None = None, options: Sequence[str] = ()
+) -> bytes:
+    """Compress ``data`` with the real command-line tool, via stdin and stdout; ``options``
+    go to the tool as given (``--block-size=1MiB`` for xz)."""
     if tool == "none":
         return data
     args = list(_TOOL_ARGS[tool])
     if level is not None:
         args.append(f"-{level}")
+    args += options
     return subprocess.run(args, input=data, capture_output=True, check=True, timeout=120).stdout
 
 
