@@ -8,6 +8,7 @@ knows whether it stands at a member/frame boundary, the points where a later run
 from __future__ import annotations
 
 import bz2
+import logging
 from collections.abc import Callable
 from typing import IO, Protocol, cast
 
@@ -19,7 +20,16 @@ from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compres
 from fetcher.stages.gzip_member import GzipMembers
 from fetcher.stages.midstream import MidState, RestoreWanted, never_wanted
 from fetcher.stages.xz_blocks import XzStreams
+from fetcher.stages.zstd.blocks import Continuation, Event, FrameScanner
+from fetcher.stages.zstd.dictionary import continuation_header, dictionary, entropy_section
+from fetcher.stages.zstd.entropy import PLACEHOLDER_HUFFMAN, predefined
+from fetcher.stages.zstd.output import FrameOutput
+from fetcher.stages.zstd.sequences import known
+from fetcher.stages.zstd.state import ZstdPoint, from_mid_state
+from fetcher.stages.zstd.xxh64 import Xxh64
 from fetcher.state.checkpoint import StateError
+
+log = logging.getLogger("model-fetch")
 
 NAMES = {
     Compression.ZSTD: "zstd",
@@ -85,153 +95,201 @@ class IdentityDecoder:
         return None
 
 
-class _ZstdFrameScanner:
-    """Walks zstd frame and block headers (RFC 8878) without decoding, to find frame ends.
-
-    The library's stream writer decodes across frames but cannot say where one ended, and the
-    end of the last frame is how a truncated stream is told apart from a complete one.
-    """
-
-    _MAGIC = 0xFD2FB528
-    _SKIPPABLE_MASK = 0xFFFFFFF0
-    _SKIPPABLE_MAGIC = 0x184D2A50
-
-    def __init__(self) -> None:
-        self._pending = bytearray()  # header bytes collected but not yet parsed
-        self._need = 4  # bytes wanted in _pending before the next parse step
-        self._skip = 0  # content bytes to pass over before the next header
-        self._step = self._frame_magic
-        self.frames = 0
-        self.in_frame = False
-        self._checksum_len = 0
-        self._cursor = 0
-        self._ends: list[int] = []
-
-    def feed(self, data: Chunk) -> list[int]:
-        """Scan data; return the offsets within it at which a frame ended."""
-        view = memoryview(data)
-        self._ends = []
-        pos = 0
-        while pos < len(view):
-            if self._skip:
-                taken = min(self._skip, len(view) - pos)
-                self._skip -= taken
-                pos += taken
-                self._cursor = pos
-                if not self._skip and self._step == self._frame_done:
-                    self._frame_done()
-                continue
-            wanted = self._need - len(self._pending)
-            piece = view[pos : pos + wanted]
-            self._pending += piece
-            pos += len(piece)
-            self._cursor = pos
-            if len(self._pending) == self._need:
-                self._step()
-        return self._ends
-
-    def _take(self, need: int, step: Callable[[], None]) -> None:
-        self._pending.clear()
-        self._need = need
-        self._step = step
-
-    def _frame_magic(self) -> None:
-        magic = int.from_bytes(self._pending[:4], "little")
-        self.in_frame = True
-        if magic & self._SKIPPABLE_MASK == self._SKIPPABLE_MAGIC:
-            self._take(4, self._skippable_size)
-        elif magic == self._MAGIC:
-            self._take(1, self._frame_descriptor)
-        else:
-            raise CorruptArchive(
-                f"zstd stream: bad frame magic {magic:#010x} after {self.frames} frame(s)",
-                "the file is not zstd, or it is damaged",
-            )
-
-    def _skippable_size(self) -> None:
-        size = int.from_bytes(self._pending[:4], "little")
-        self._take(0, self._frame_done)
-        self._skip = size
-        if not size:
-            self._frame_done()
-
-    def _frame_descriptor(self) -> None:
-        descriptor = self._pending[0]
-        fcs_flag = descriptor >> 6
-        single_segment = (descriptor >> 5) & 1
-        dict_flag = descriptor & 3
-        self._checksum_len = 4 if (descriptor >> 2) & 1 else 0
-        fcs_len = (0 if not single_segment else 1, 2, 4, 8)[fcs_flag]
-        rest = (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag] + fcs_len
-        if rest:
-            self._take(rest, self._block_header_next)
-        else:
-            self._block_header_next()
-
-    def _block_header_next(self) -> None:
-        self._take(3, self._block_header)
-
-    def _block_header(self) -> None:
-        header = int.from_bytes(self._pending[:3], "little")
-        last = header & 1
-        block_type = (header >> 1) & 3
-        size = header >> 3
-        if block_type == 3:
-            raise CorruptArchive("zstd stream: reserved block type", "the file is damaged")
-        content = 1 if block_type == 1 else size
-        if last:
-            self._take(0, self._frame_done)
-            self._skip = content + self._checksum_len
-            if not self._skip:
-                self._frame_done()
-        else:
-            self._take(3, self._block_header)
-            self._skip = content
-
-    def _frame_done(self) -> None:
-        self.frames += 1
-        self.in_frame = False
-        self._ends.append(self._cursor)
-        self._take(4, self._frame_magic)
-
-
-class _EmitWriter:
-    """The file-like object the zstd stream writer pushes decoded chunks into."""
-
-    def __init__(self, emit: Emit) -> None:
-        self._emit = emit
-
-    def write(self, data: bytes) -> int:
-        self._emit(memoryview(data))
-        return len(data)
+_EMPTY_SKIPPABLE_FRAME = (0x184D2A50).to_bytes(4, "little") + bytes(4)
+# History kept for a restore point inside a zstd frame: a frame with a larger window (zstd
+# --long=28 and up) resumes only at frame boundaries.
+ZSTD_HISTORY_CAP = 128 << 20
 
 
 class ZstdDecoder:
-    """Single- and multi-frame zstd, skippable frames included (pzstd writes them)."""
+    """Single- and multi-frame zstd, skippable frames included (pzstd writes them).
+
+    The library decodes; the scanner walks the headers alongside, to find where frames end
+    and, once a restore point is wanted, a block boundary to export the decoder state at.
+    Each frame reaches the library with its checksum flag cleared and its checksum held
+    back: the checksum is verified here, over a hash whose state a checkpoint can carry.
+    """
 
     def __init__(
         self,
         emit: Emit,
         on_boundary: OnBoundary = _ignore_boundary,
         restore_wanted: RestoreWanted = never_wanted,
+        *,
+        history_cap: int = ZSTD_HISTORY_CAP,
     ) -> None:
-        self._scanner = _ZstdFrameScanner()
+        self._output = FrameOutput(emit)
+        self._plain = self._stream_writer(zstandard.ZstdDecompressor())
+        self._writer = self._plain
+        self._scanner = FrameScanner()
         self._on_boundary = on_boundary
-        self._writer = zstandard.ZstdDecompressor().stream_writer(
-            cast(IO[bytes], _EmitWriter(emit)), write_size=OUTPUT_CHUNK
+        self._restore_wanted = restore_wanted
+        self._history_cap = history_cap
+        self._wanted = False  # a restore point is being prepared
+        self._deferred = False  # a point at the end of the last chunk, offered with a byte more
+        self._at_point = False  # inside on_boundary at a point inside a frame
+        self._point: ZstdPoint | None = None
+        self._frame_open = False  # a zstd frame (not a skippable one) is being decoded
+        self._keeping = False  # output tails are kept, since a restore point was first wanted
+        self._told_cap = False
+
+    def _stream_writer(self, decompressor: zstandard.ZstdDecompressor) -> _StreamWriter:
+        return cast(
+            _StreamWriter,
+            decompressor.stream_writer(cast(IO[bytes], self._output), write_size=OUTPUT_CHUNK),
         )
 
     def feed(self, data: Chunk) -> None:
         view = memoryview(data)
-        start = 0
-        for end in self._scanner.feed(view):
-            self._write(view[start:end])
-            self._on_boundary(end)
-            start = end
-        if start < len(view):
-            self._write(view[start:])
+        if not view:
+            return
+        cursor = 0
+        if self._deferred:
+            self._deferred = False
+            self._write(view[:1])  # flushes what the library still held of the point's block
+            cursor = 1
+            self._offer(0)
+        if not self._wanted and self._restore_wanted():
+            self._wanted = True
+            self._prepare()
+        scanner = self._scanner
+        for event, offset in scanner.scan(view):
+            if event is Event.BLOCK:
+                cursor = self._block_end(view, cursor, offset)
+            elif event is Event.HEADER:
+                assert scanner.header is not None
+                self._write(scanner.header.for_library())
+                cursor = offset
+                self._frame_open = True
+                self._output.begin_frame(Xxh64() if scanner.header.checksum else None)
+                if self._wanted:
+                    self._prepare()
+                elif self._keeping:
+                    self._keep_tail()
+            elif event is Event.BLOCKS_END:
+                self._write(view[cursor:offset])
+                self._write(_EMPTY_SKIPPABLE_FRAME)  # flushes the frame's last output
+                cursor = offset
+            else:
+                cursor = offset
+                self._frame_end()
+                self._on_boundary(offset)
+        if scanner.passing and cursor < len(view):
+            self._write(view[cursor:])
 
-    def _write(self, piece: memoryview) -> None:
+    def _prepare(self) -> None:
+        """Start working towards a restore point inside the current frame."""
+        self._keeping = True
+        scanner = self._scanner
+        if not scanner.passing or not self._keep_tail():
+            return  # between frames: the next boundary serves, or the next header starts it
+        scanner.watch = True
+        if self._output.history_complete:
+            scanner.start_decoding()  # nothing decoded yet in this frame: offsets are known
+
+    def _keep_tail(self) -> bool:
+        """Keep the current frame's output tail; False when its window is above the cap."""
+        scanner = self._scanner
+        assert scanner.header is not None
+        window = scanner.header.window
+        if window > self._history_cap:
+            if not self._told_cap:
+                self._told_cap = True
+                log.info(
+                    "zstd frame %d has a %d MiB window, more than the %d MiB kept to resume "
+                    "inside a frame: it resumes at frame boundaries only (zstd --long windows "
+                    "above %d MiB do; pzstd or model-fetch pack archives have many frames)",
+                    scanner.frames + 1,
+                    window >> 20,
+                    self._history_cap >> 20,
+                    self._history_cap >> 20,
+                )
+            return False
+        self._output.keep_tail(window)
+        return True
+
+    def _done_preparing(self) -> None:
+        # Tails stay kept: that costs no copies, and the next restore point wanted is then a
+        # block away rather than a window's worth of output.
+        self._wanted = False
+        self._scanner.watch = False
+        self._scanner.stop_decoding()
+
+    def _block_end(self, view: memoryview, cursor: int, offset: int) -> int:
+        """A block ended at offset while a restore point is wanted; return the new cursor."""
+        scanner = self._scanner
+        if not scanner.decoding or not scanner.restorable:
+            self._write(view[cursor:offset])  # so that the tail kept is up to date
+            if not scanner.decoding and self._output.history_complete:
+                scanner.start_decoding()  # the next block's offsets will be the point's
+            return offset
+        if offset == len(view):
+            self._write(view[cursor:offset])
+            self._deferred = True
+            return offset
+        self._write(view[cursor : offset + 1])  # a byte more flushes the block's last output
+        self._offer(offset)
+        return offset + 1
+
+    def _offer(self, offset: int) -> None:
+        if not self._output.history_complete:
+            return  # the library held back more than guessed; the next block serves
+        self._at_point = True
+        try:
+            self._on_boundary(offset)
+        finally:
+            self._at_point = False
+            self._point = None
+            self._done_preparing()
+
+    def mid_state(self) -> MidState | None:
+        """The state at a point inside a frame; None at a frame boundary or outside on_boundary."""
+        if not self._at_point:
+            return None
+        if self._point is None:
+            self._point = self._export()
+        return self._point.to_mid_state()
+
+    def _export(self) -> ZstdPoint:
+        scanner, output = self._scanner, self._output
+        assert scanner.header is not None and known(scanner.offsets)
+        return ZstdPoint(
+            header=scanner.header,
+            frames=scanner.frames,
+            blocks=scanner.blocks,
+            produced=output.produced,
+            hash_state=output.hasher.state() if output.hasher is not None else None,
+            huffman=scanner.huffman,
+            tables=scanner.tables(),
+            offsets=cast(tuple[int, int, int], scanner.offsets),
+            history=output.history(),
+        )
+
+    def _frame_end(self) -> None:
+        """Check the frame that just ended (skippable frames have nothing to check)."""
+        if self._wanted:
+            self._done_preparing()
+        if not self._frame_open:
+            return
+        self._frame_open = False
+        self._writer = self._plain  # a resumed frame's dictionary must not reach the next one
+        header, output = self._scanner.header, self._output
+        assert header is not None
+        number = self._scanner.frames
+        if output.hasher is not None and output.hasher.digest() & 0xFFFFFFFF != (
+            self._scanner.checksum
+        ):
+            raise CorruptArchive(
+                f"zstd frame {number}: content checksum does not match", "the file is damaged"
+            )
+        if header.content_size is not None and output.produced != header.content_size:
+            raise CorruptArchive(
+                f"zstd frame {number}: {output.produced} bytes decoded, the header says "
+                f"{header.content_size}",
+                "the file is damaged",
+            )
+
+    def _write(self, piece: Chunk) -> None:
         try:
             self._writer.write(piece)
         except zstandard.ZstdError as error:
@@ -250,8 +308,55 @@ class ZstdDecoder:
     def at_boundary(self) -> bool:
         return not self._scanner.in_frame
 
-    def mid_state(self) -> MidState | None:
-        return None
+    @classmethod
+    def _resumed(
+        cls,
+        point: ZstdPoint,
+        emit: Emit,
+        on_boundary: OnBoundary,
+        restore_wanted: RestoreWanted,
+    ) -> ZstdDecoder:
+        decoder = cls(emit, on_boundary, restore_wanted)
+        decoder._scanner = FrameScanner(
+            Continuation(point.header, point.frames, point.blocks, point.huffman, point.tables)
+        )
+        tables = tuple(
+            table if table is not None else predefined(kind)
+            for kind, table in enumerate(point.tables)
+        )
+        entropy = entropy_section(point.huffman or PLACEHOLDER_HUFFMAN, tables)
+        content = dictionary(entropy, point.offsets, point.history)
+        try:
+            decompressor = zstandard.ZstdDecompressor(
+                dict_data=zstandard.ZstdCompressionDict(
+                    content, dict_type=zstandard.DICT_TYPE_FULLDICT
+                )
+            )
+            decoder._writer = decoder._stream_writer(decompressor)
+            decoder._writer.write(continuation_header(point.header.descriptor))
+        except zstandard.ZstdError as error:
+            raise StateError(f"zstd state: its dictionary does not load: {error}") from None
+        hasher = Xxh64.from_state(point.hash_state) if point.hash_state is not None else None
+        decoder._output.begin_frame(hasher, point.produced)
+        decoder._frame_open = True
+        return decoder
+
+
+class _StreamWriter(Protocol):
+    def write(self, data: Chunk) -> int: ...
+
+
+def resume_zstd(
+    state: MidState,
+    emit: Emit,
+    on_boundary: OnBoundary = _ignore_boundary,
+    restore_wanted: RestoreWanted = never_wanted,
+) -> ZstdDecoder:
+    """A decoder carrying on from state; its input starts where the state was taken.
+
+    Raises StateError naming the field that does not check out.
+    """
+    return ZstdDecoder._resumed(from_mid_state(state), emit, on_boundary, restore_wanted)
 
 
 class _MemberDecoder:
@@ -457,6 +562,7 @@ _DECODERS: dict[Compression, Callable[[Emit, OnBoundary, RestoreWanted], Decoder
 _RESUMERS: dict[
     str, tuple[Compression, Callable[[MidState, Emit, OnBoundary, RestoreWanted], Decoder]]
 ] = {
+    "zstd": (Compression.ZSTD, resume_zstd),
     "gzip": (Compression.GZIP, resume_gzip),
     "xz": (Compression.XZ, resume_xz),
 }

@@ -37,7 +37,8 @@ import zstandard
 
 from fetcher.cpus import available_cpus
 from fetcher.errors import CorruptArchive
-from fetcher.stages.decode import OUTPUT_CHUNK, Chunk, Emit, OnBoundary, _ZstdFrameScanner
+from fetcher.stages.decode import OUTPUT_CHUNK, Chunk, Emit, OnBoundary
+from fetcher.stages.zstd.blocks import FrameScanner
 
 DEFAULT_MAX_INPUT = 16 << 20
 DEFAULT_MAX_OUTPUT = 16 << 20
@@ -167,7 +168,7 @@ class ParallelZstdDecoder:
         self._max_in_flight = self._workers + 1
         self._piece = max(1, max_input // 4)
         self._max_input = max_input
-        self._scanner = _ZstdFrameScanner()
+        self._scanner = FrameScanner()
         self._shared = _Shared(max_output)
         self._threads: list[threading.Thread] = []
         self._jobs: deque[_Job] = deque()  # admitted, not yet wholly emitted; oldest first
@@ -195,7 +196,7 @@ class ParallelZstdDecoder:
         self._feed_start = self._fed
         try:
             try:
-                ends = self._scanner.feed(view)
+                ends = self._scanner.frame_ends(view)
             except CorruptArchive:
                 self._drain_all()  # the frames before the damage come out, as they would alone
                 raise
