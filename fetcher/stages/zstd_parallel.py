@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, cast
 
 import zstandard
@@ -38,7 +38,7 @@ import zstandard
 from fetcher.cpus import available_cpus
 from fetcher.errors import CorruptArchive
 from fetcher.stages.decode import OUTPUT_CHUNK, Chunk, Emit, OnBoundary
-from fetcher.stages.zstd.blocks import FrameScanner
+from fetcher.stages.zstd.blocks import Event, FrameScanner
 
 DEFAULT_MAX_INPUT = 16 << 20
 DEFAULT_MAX_OUTPUT = 16 << 20
@@ -195,13 +195,8 @@ class ParallelZstdDecoder:
         self._immutable = isinstance(data, bytes)
         self._feed_start = self._fed
         try:
-            try:
-                ends = self._scanner.frame_ends(view)
-            except CorruptArchive:
-                self._drain_all()  # the frames before the damage come out, as they would alone
-                raise
             start = 0
-            for end in ends:
+            for end in self._frame_ends(view):
                 self._take(view[start:end])
                 self._frame_end(end)
                 start = end
@@ -212,6 +207,16 @@ class ParallelZstdDecoder:
                 self._drain(block=False)
         except BaseException:
             self.close()
+            raise
+
+    def _frame_ends(self, view: memoryview) -> Iterator[int]:
+        """The offsets in view where frames end, each as soon as it is scanned."""
+        try:
+            for event, offset in self._scanner.scan(view):
+                if event is Event.FRAME_END:
+                    yield offset
+        except CorruptArchive:
+            self._drain_all()  # the frames before the damage come out, as they would alone
             raise
 
     def finish(self) -> None:

@@ -1,4 +1,4 @@
-"""A single-frame tar.zst has no point to resume the decoder from: what a restart still saves.
+"""A single-stream tar.bz2 has no point to resume the decoder from: what a restart still saves.
 
 The decoder must start again at byte 0, but the files that were complete before the kill are
 read past, not written again, and the bytes still held in the download window are not fetched
@@ -24,7 +24,7 @@ from tests.support.origin import Origin
 TREE = {
     f"weights/shard-{index:02d}.bin": random.Random(index).randbytes(400_000) for index in range(10)
 }
-ARCHIVE = py_archive(TREE, "zst", parts=1)  # one frame: no boundary before the end
+ARCHIVE = py_archive(TREE, "bz2", parts=1)  # one stream: no boundary before the end
 DIGEST = hashlib.sha256(ARCHIVE).hexdigest()
 
 
@@ -50,9 +50,9 @@ def _checkpoint(out: Path) -> dict[str, object] | None:
 def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_lost(
     tmp_path: Path, origin: Origin
 ) -> None:
-    origin.add("/m.tar.zst", ARCHIVE)
+    origin.add("/m.tar.bz2", ARCHIVE)
     out = tmp_path / "out"
-    url = origin.url("/m.tar.zst")
+    url = origin.url("/m.tar.bz2")
     process = subprocess.Popen(
         _command(url, out, "--max-bandwidth", "1M"), stderr=subprocess.PIPE, text=True
     )
@@ -69,7 +69,7 @@ def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_
     assert checkpoint is not None
     checkpoint = _checkpoint(out)  # the last one on disk
     assert checkpoint is not None
-    assert checkpoint["restore"] is None, "a single frame offers no restorable point"
+    assert checkpoint["restore"] is None, "a single stream offers no restorable point"
     completed = [name for _, name, _ in checkpoint["completed"]]  # type: ignore[attr-defined]
     assert len(completed) >= 3
     staged = out / ".model-fetch" / "tree"

@@ -76,10 +76,15 @@ def run(parallel: bool, data: bytes, cuts: list[int], **options: int) -> Run:
     return result
 
 
-def _assert_same(data: bytes, cuts: list[int], **options: int) -> Run:
+def _assert_same(
+    data: bytes, cuts: list[int], damaged_from: int | None = None, **options: int
+) -> Run:
+    """damaged_from: decoded bytes before a damaged frame, whose own output may differ (the
+    plain decoder checks the content checksum after the frame's output, the library before
+    the output of the call that reads it)."""
     plain = run(False, data, cuts)
     parallel = run(True, data, cuts, **options)
-    assert bytes(parallel.output) == bytes(plain.output)
+    assert bytes(parallel.output[:damaged_from]) == bytes(plain.output[:damaged_from])
     assert parallel.boundaries == plain.boundaries
     assert parallel.emitted_at_boundary == plain.emitted_at_boundary
     assert (parallel.error is None) == (plain.error is None), (parallel.error, plain.error)
@@ -164,11 +169,12 @@ def _corrupt_frame(parts: list[bytes], index: int) -> tuple[bytes, int]:
 @pytest.mark.parametrize("index", [0, 4, 8])
 def test_a_corrupt_frame_fails_at_that_frame(workers: int, index: int) -> None:
     data, at = _corrupt_frame(PARTS, index)
-    result = _assert_same(data, list(range(0, len(data), 50_000)), workers=workers)
+    before = sum(map(len, PARTS[:index]))
+    result = _assert_same(data, list(range(0, len(data), 50_000)), before, workers=workers)
     assert result.error is not None
     assert result.boundaries == [b for b in result.boundaries if b <= at]
     assert result.emitted_at_boundary == _ends(PARTS)[:index]
-    assert bytes(result.output[: sum(map(len, PARTS[:index]))]) == b"".join(PARTS[:index])
+    assert bytes(result.output[:before]) == b"".join(PARTS[:index])
     assert len(result.output) <= sum(map(len, PARTS[: index + 1]))
     if workers > 1:
         assert f"frame {index + 1}" in result.error.message

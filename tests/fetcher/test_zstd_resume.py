@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import json
 import logging
 import random
+import re
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +37,8 @@ from fetcher.stages.zstd.entropy import PLACEHOLDER_HUFFMAN, predefined
 from fetcher.stages.zstd.sequences import known
 from fetcher.stages.zstd.xxh64 import Xxh64
 from fetcher.state.checkpoint import StateError
-from tests.support.archives import write_tree
+from tests.support.archives import make_tree, tree_snapshot, write_tree
+from tests.support.origin import Origin
 
 SIZE = 3_000_000
 
@@ -463,3 +471,75 @@ def test_repeat_offsets_followed_in_python_are_the_librarys(
             if rng.random() < 0.2:
                 scanner.stop_decoding()
     assert checked >= 10
+
+
+# --- end to end: model-fetch killed inside the one frame of a tar -I zstd archive ----------
+
+
+def _checkpoint_body(out: Path) -> dict[str, Any] | None:
+    try:
+        loaded: dict[str, Any] = json.loads((out / ".model-fetch" / "checkpoint.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    body: dict[str, Any] = loaded["body"]
+    return body
+
+
+def _run_until_mid_frame_checkpoint(command: list[str], out: Path, after: int) -> dict[str, Any]:
+    """Run command until a checkpoint inside the frame lies past byte after; kill it there."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            body = _checkpoint_body(out)
+            restore = body and body["restore"]
+            if restore and restore.get("decoder") and restore["position"] > after:
+                break
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no checkpoint inside the frame was written")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    body = _checkpoint_body(out)  # the last one on disk
+    assert body is not None and body["restore"]["decoder"]["codec"] == "zstd"
+    return body
+
+
+def test_a_fetch_killed_twice_inside_one_frame_resumes_each_time_where_it_was(
+    tmp_path: Path, origin: Origin
+) -> None:
+    tree = make_tree(seed=5, n_files=12, total_bytes=6_000_000)
+    archive = subprocess.run(
+        ["tar", "-I", "zstd", "-cf", "-", "-C", str(write_tree(tree, tmp_path / "src")), "."],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    origin.add("/m.tar.zst", archive)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "fetcher", origin.url("/m.tar.zst"), "-o", str(out),
+        "--sha256", hashlib.sha256(archive).hexdigest(), "--connections", "2",
+        "--chunk-size", "256K", "--checkpoint-interval", "0.1", "--retry-wait", "0.01",
+        "--timeout", "5",
+    ]  # fmt: skip
+
+    first = _run_until_mid_frame_checkpoint([*command, "--max-bandwidth", "2M"], out, 0)
+    second = _run_until_mid_frame_checkpoint(
+        [*command, "--max-bandwidth", "2M"], out, first["restore"]["position"]
+    )
+    assert 0 < first["restore"]["position"] < second["restore"]["position"] < len(archive)
+
+    origin.clear_log()
+    final = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    said = re.search(r"re-fetching (\d+) bytes from byte (\d+)", final.stderr)
+    assert said, final.stderr
+    assert int(said.group(2)) >= second["restore"]["position"]
+    served = sum(r.body_bytes for r in origin.requests if r.range != "bytes=0-0")
+    assert served == int(said.group(1)) < len(archive) - second["restore"]["position"] + 1
+    snapshot = tree_snapshot(out)
+    snapshot.pop(".model-fetch.json")
+    assert snapshot == tree_snapshot(tmp_path / "src")

@@ -186,10 +186,6 @@ class FrameScanner:
 
     # --- scanning --------------------------------------------------------------------------
 
-    def frame_ends(self, view: memoryview) -> list[int]:
-        """Scan view; return the offsets within it at which a frame ended."""
-        return [offset for event, offset in self.scan(view) if event is Event.FRAME_END]
-
     def scan(self, view: memoryview) -> Iterator[tuple[Event, int]]:
         """Scan view; yield each event with the offset in view where it happens."""
         position, end = 0, len(view)
