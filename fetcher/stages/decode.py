@@ -128,7 +128,7 @@ class ZstdDecoder:
         self._wanted = False  # a restore point is being prepared
         self._deferred = False  # a point at the end of the last chunk, offered with a byte more
         self._at_point = False  # inside on_boundary at a point inside a frame
-        self._point: ZstdPoint | None = None
+        self._point: MidState | None = None  # built when first asked for at a point
         self._frame_open = False  # a zstd frame (not a skippable one) is being decoded
         self._keeping = False  # output tails are kept, since a restore point was first wanted
         self._told_cap = False
@@ -247,8 +247,8 @@ class ZstdDecoder:
         if not self._at_point:
             return None
         if self._point is None:
-            self._point = self._export()
-        return self._point.to_mid_state()
+            self._point = self._export().to_mid_state()
+        return self._point
 
     def _export(self) -> ZstdPoint:
         scanner, output = self._scanner, self._output
