@@ -130,7 +130,6 @@ class ZstdDecoder:
         self._at_point = False  # inside on_boundary at a point inside a frame
         self._point: MidState | None = None  # built when first asked for at a point
         self._frame_open = False  # a zstd frame (not a skippable one) is being decoded
-        self._keeping = False  # output tails are kept, since a restore point was first wanted
         self._told_cap = False
 
     def _stream_writer(self, decompressor: zstandard.ZstdDecompressor) -> _StreamWriter:
@@ -164,8 +163,8 @@ class ZstdDecoder:
                 self._output.begin_frame(Xxh64() if scanner.header.checksum else None)
                 if self._wanted:
                     self._prepare()
-                elif self._keeping:
-                    self._keep_tail()
+                else:
+                    self._keep_tail(tell=False)
             elif event is Event.BLOCKS_END:
                 self._write(view[cursor:offset])
                 self._write(_EMPTY_SKIPPABLE_FRAME)  # flushes the frame's last output
@@ -179,21 +178,25 @@ class ZstdDecoder:
 
     def _prepare(self) -> None:
         """Start working towards a restore point inside the current frame."""
-        self._keeping = True
         scanner = self._scanner
-        if not scanner.passing or not self._keep_tail():
+        if not scanner.passing or not self._keep_tail(tell=True):
             return  # between frames: the next boundary serves, or the next header starts it
         scanner.watch = True
         if self._output.history_complete:
             scanner.start_decoding()  # nothing decoded yet in this frame: offsets are known
 
-    def _keep_tail(self) -> bool:
-        """Keep the current frame's output tail; False when its window is above the cap."""
+    def _keep_tail(self, *, tell: bool) -> bool:
+        """Keep the current frame's output tail; False when its window is above the cap.
+
+        Tails are kept from each frame's start: holding on to the chunks the library hands
+        over costs no copy, and a frame whose window is larger than its output so far (most
+        --long and -19 archives) has a restore point only if all its output was kept.
+        """
         scanner = self._scanner
         assert scanner.header is not None
         window = scanner.header.window
         if window > self._history_cap:
-            if not self._told_cap:
+            if tell and not self._told_cap:
                 self._told_cap = True
                 log.info(
                     "zstd frame %d has a %d MiB window, more than the %d MiB kept to resume "
@@ -209,8 +212,6 @@ class ZstdDecoder:
         return True
 
     def _done_preparing(self) -> None:
-        # Tails stay kept: that costs no copies, and the next restore point wanted is then a
-        # block away rather than a window's worth of output.
         self._wanted = False
         self._scanner.watch = False
         self._scanner.stop_decoding()
@@ -338,6 +339,8 @@ class ZstdDecoder:
             raise StateError(f"zstd state: its dictionary does not load: {error}") from None
         hasher = Xxh64.from_state(point.hash_state) if point.hash_state is not None else None
         decoder._output.begin_frame(hasher, point.produced)
+        decoder._output.keep_tail(point.header.window)
+        decoder._output.seed(point.history)  # so a point is a block away here too
         decoder._frame_open = True
         return decoder
 

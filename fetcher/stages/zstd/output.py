@@ -46,6 +46,13 @@ class FrameOutput:
             self._kept = 0
         self._limit = limit
 
+    def seed(self, history: bytes) -> None:
+        """Start the tail with output decoded before (by an earlier run), not emitted again."""
+        assert self._tail is not None
+        if history:
+            self._tail.append(history)
+            self._kept += len(history)
+
     @property
     def history_complete(self) -> bool:
         """Whether the kept tail is all a match could still reach back into."""
