@@ -137,7 +137,10 @@ class FrameScanner:
         self._now = 0  # stream offset just after the bytes scanned so far
         self._block_end = 0
         self._last = False
-        self._literals_rest = 0
+        self._sequences_at = 0  # stream offsets inside the block being read
+        self._huffman_at = self._huffman_end = 0  # and offsets into the bytes collected
+        self._head_at = 0
+        self._modes = 0
         if continuation is not None:
             self.frames = continuation.frames
             self.in_frame = self.passing = True
@@ -282,12 +285,12 @@ class FrameScanner:
         self._block_end = self._now + (1 if block_type == 1 else size)
         if block_type != 2 or not self.tracked:
             self._to_block_end()
-        elif self.decoding:
-            self._take(size, self._whole_block)
         elif size < 3 or size > MAX_BLOCK:
             self._untracked()
+        elif self.decoding:
+            self._take(size, self._whole_block)
         else:
-            self._take(1, self._literals_first)
+            self._take(min(6, size), self._literals)  # a header's 1 to 5 bytes, and one more
         return None
 
     def _to_block_end(self) -> None:
@@ -326,52 +329,52 @@ class FrameScanner:
         return None
 
     # --- the headers of a compressed block, read in passing --------------------------------
+    # Each step collects a few bytes more than the header it parses may need (never past the
+    # block); positions are kept absolute, so what is collected beyond a header is skipped.
 
-    def _literals_first(self) -> Event | None:
-        size = literals_header_size(self._pending[0])
-        if self._now - 1 + size >= self._block_end:
+    def _literals(self) -> Event | None:
+        pending, start = self._pending, self._now - len(self._pending)
+        size = literals_header_size(pending[0])
+        if size >= len(pending):
             self._untracked()
-        else:
-            self._more(size, self._literals_header)
-        return None
-
-    def _literals_header(self) -> Event | None:
-        header_size = len(self._pending)
-        rest = literals_section_size(self._pending) - header_size
-        if self._now + rest >= self._block_end:
+            return None
+        self._sequences_at = start + literals_section_size(pending[:size])
+        if self._sequences_at >= self._block_end:
             self._untracked()
-        elif self._pending[0] & 3 == COMPRESSED and rest:
-            self._literals_rest = rest
-            self._take(1, self._huffman_first)
+        elif pending[0] & 3 == COMPRESSED:
+            end = size + huffman_description_size(pending[size])
+            if start + end > self._sequences_at:
+                self._untracked()
+            else:
+                self._huffman_at, self._huffman_end = size, end
+                self._more(end, self._huffman)
         else:
-            self._take(1, self._sequences_first, skip=rest)
-        return None
-
-    def _huffman_first(self) -> Event | None:
-        size = huffman_description_size(self._pending[0])
-        if size > self._literals_rest:
-            self._untracked()
-        else:
-            self._more(size, self._huffman)
+            self._to_sequences()
         return None
 
     def _huffman(self) -> Event | None:
-        self.huffman = bytes(self._pending)
-        self._take(1, self._sequences_first, skip=self._literals_rest - len(self._pending))
+        self.huffman = bytes(self._pending[self._huffman_at : self._huffman_end])
+        self._to_sequences()
         return None
 
-    def _sequences_first(self) -> Event | None:
-        size = sequences_header_size(self._pending[0])
-        if self._pending[0] == 0:
-            self._to_block_end()
-        elif self._now - 1 + size > self._block_end:
-            self._untracked()
+    def _to_sequences(self) -> None:
+        skip = self._sequences_at - self._now
+        if skip < 0:  # the sequences header is already among the bytes collected
+            self._pending = self._pending[skip:]
+            self._more(min(4, self._block_end - self._sequences_at), self._sequences)
         else:
-            self._more(size, self._sequences_header)
-        return None
+            self._take(min(4, self._block_end - self._sequences_at), self._sequences, skip=skip)
 
-    def _sequences_header(self) -> Event | None:
-        modes = self._pending[-1]
+    def _sequences(self) -> Event | None:
+        pending = self._pending
+        size = sequences_header_size(pending[0])
+        if pending[0] == 0:
+            self._to_block_end()
+            return None
+        if size > len(pending):
+            self._untracked()
+            return None
+        modes = pending[size - 1]
         if modes & 3:
             self._untracked()
             return None
@@ -382,15 +385,16 @@ class FrameScanner:
                 self._tables[kind] = predefined(kind)
             elif mode != REPEAT:
                 defining = True
-        if defining:
-            self._take(min(_TABLES_HEAD, self._block_end - self._now), self._tables_head)
-            self._modes = modes
-        else:
+        if not defining:
             self._to_block_end()
+            return None
+        self._modes, self._head_at = modes, size
+        left = self._block_end - self._sequences_at - size
+        self._more(size + min(_TABLES_HEAD, left), self._tables_head)
         return None
 
     def _tables_head(self) -> Event | None:
-        defined = _Defined(self._modes, bytes(self._pending))
+        defined = _Defined(self._modes, bytes(self._pending[self._head_at :]))
         for kind in range(3):
             if (self._modes >> (6 - 2 * kind)) & 3 not in (PREDEFINED, REPEAT):
                 self._tables[kind] = defined

@@ -39,13 +39,14 @@ class SequenceTable:
         return self._decoding[0]
 
 
-_PREDEFINED_DESCRIPTIONS = tuple(
-    fse.write_description(fse.default_distribution(kind)) for kind in range(3)
+_PREDEFINED = tuple(
+    SequenceTable(kind, description=fse.write_description(fse.default_distribution(kind)))
+    for kind in range(3)
 )
 
 
 def predefined(kind: int) -> SequenceTable:
-    return SequenceTable(kind, description=_PREDEFINED_DESCRIPTIONS[kind])
+    return _PREDEFINED[kind]
 
 
 def described(kind: int, description: bytes) -> SequenceTable:
