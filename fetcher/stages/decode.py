@@ -99,6 +99,8 @@ _EMPTY_SKIPPABLE_FRAME = (0x184D2A50).to_bytes(4, "little") + bytes(4)
 # History kept for a restore point inside a zstd frame: a frame with a larger window (zstd
 # --long=28 and up) resumes only at frame boundaries.
 ZSTD_HISTORY_CAP = 128 << 20
+# Output of a frame kept from its start before any restore point is wanted.
+ZSTD_EAGER_HISTORY = 32 << 20
 
 
 class ZstdDecoder:
@@ -164,7 +166,7 @@ class ZstdDecoder:
                 if self._wanted:
                     self._prepare()
                 else:
-                    self._keep_tail(tell=False)
+                    self._keep_tail(until=ZSTD_EAGER_HISTORY)
             elif event is Event.BLOCKS_END:
                 self._write(view[cursor:offset])
                 self._write(_EMPTY_SKIPPABLE_FRAME)  # flushes the frame's last output
@@ -179,24 +181,26 @@ class ZstdDecoder:
     def _prepare(self) -> None:
         """Start working towards a restore point inside the current frame."""
         scanner = self._scanner
-        if not scanner.passing or not self._keep_tail(tell=True):
+        if not scanner.passing or not self._keep_tail(until=None):
             return  # between frames: the next boundary serves, or the next header starts it
         scanner.watch = True
         if self._output.history_complete:
             scanner.start_decoding()  # nothing decoded yet in this frame: offsets are known
 
-    def _keep_tail(self, *, tell: bool) -> bool:
+    def _keep_tail(self, *, until: int | None) -> bool:
         """Keep the current frame's output tail; False when its window is above the cap.
 
-        Tails are kept from each frame's start: holding on to the chunks the library hands
-        over costs no copy, and a frame whose window is larger than its output so far (most
-        --long and -19 archives) has a restore point only if all its output was kept.
+        Before a restore point is wanted (until given) a frame's tail is kept only while its
+        output is at most until: holding the chunks the library hands over costs no copy, and
+        a frame whose window is larger than its output so far (zstd --long, -19 on a file)
+        has a restore point only if all of it was kept, but holding a large window alive for
+        a whole decode that never checkpoints costs memory traffic.
         """
         scanner = self._scanner
         assert scanner.header is not None
         window = scanner.header.window
         if window > self._history_cap:
-            if tell and not self._told_cap:
+            if until is None and not self._told_cap:
                 self._told_cap = True
                 log.info(
                     "zstd frame %d has a %d MiB window, more than the %d MiB kept to resume "
@@ -208,7 +212,9 @@ class ZstdDecoder:
                     self._history_cap >> 20,
                 )
             return False
-        self._output.keep_tail(window)
+        self._output.keep_tail(
+            window, until=until if until is not None and window > until else None
+        )
         return True
 
     def _done_preparing(self) -> None:
@@ -339,7 +345,7 @@ class ZstdDecoder:
             raise StateError(f"zstd state: its dictionary does not load: {error}") from None
         hasher = Xxh64.from_state(point.hash_state) if point.hash_state is not None else None
         decoder._output.begin_frame(hasher, point.produced)
-        decoder._output.keep_tail(point.header.window)
+        decoder._output.keep_tail(point.header.window)  # a run that resumes checkpoints too
         decoder._output.seed(point.history)  # so a point is a block away here too
         decoder._frame_open = True
         return decoder

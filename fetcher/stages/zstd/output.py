@@ -19,6 +19,7 @@ class FrameOutput:
         self._tail: deque[bytes] | None = None
         self._kept = 0
         self._limit = 0
+        self._until: int | None = None
 
     def begin_frame(self, hasher: Xxh64 | None, produced: int = 0) -> None:
         self.hasher = hasher
@@ -36,15 +37,19 @@ class FrameOutput:
             self._kept += len(data)
             while self._kept - len(self._tail[0]) >= self._limit:
                 self._kept -= len(self._tail.popleft())
+            if self._until is not None and self.produced > self._until:
+                self._tail = None  # holding a large window alive costs memory traffic
         self._emit(memoryview(data))
         return len(data)
 
-    def keep_tail(self, limit: int) -> None:
-        """From now on keep the last limit bytes of the frame's output."""
+    def keep_tail(self, limit: int, *, until: int | None = None) -> None:
+        """From now on keep the last limit bytes of the frame's output; with until, only as
+        long as the frame's output is no longer than that."""
         if self._tail is None:
             self._tail = deque()
             self._kept = 0
         self._limit = limit
+        self._until = until
 
     def seed(self, history: bytes) -> None:
         """Start the tail with output decoded before (by an earlier run), not emitted again."""
