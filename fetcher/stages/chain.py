@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetcher.formats import Compression, Layout, strip_suffix
-from fetcher.stages.decode import AutoDecoder, Chunk, Emit
+from fetcher.stages.decode import AutoDecoder
 from fetcher.stages.digest import ResumableSha256
 from fetcher.stages.midstream import MidState
+from fetcher.stages.shapes import Chunk, Emit
 from fetcher.stages.sinks import Sink, make_sink, resumed_sink
 from fetcher.stages.tree import SafeTree
 from fetcher.state.checkpoint import (

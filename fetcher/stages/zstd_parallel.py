@@ -37,7 +37,8 @@ import zstandard
 
 from fetcher.cpus import available_cpus
 from fetcher.errors import CorruptArchive
-from fetcher.stages.decode import OUTPUT_CHUNK, Chunk, Emit, OnBoundary
+from fetcher.stages.midstream import MidState
+from fetcher.stages.shapes import OUTPUT_CHUNK, Chunk, Emit, OnBoundary
 from fetcher.stages.zstd.blocks import Event, FrameScanner
 
 DEFAULT_MAX_INPUT = 16 << 20
@@ -186,6 +187,16 @@ class ParallelZstdDecoder:
     @property
     def workers(self) -> int:
         return self._workers
+
+    @property
+    def lookback_bytes(self) -> int:
+        """How far behind the data being fed a frame end may still be reported: what the
+        younger frames in flight can have taken in meanwhile."""
+        return self._max_in_flight * (self._max_input + self._shared.max_output)
+
+    def mid_state(self) -> MidState | None:
+        """Frames restart only at their boundaries here."""
+        return None
 
     def feed(self, data: Chunk) -> None:
         if self._closed:

@@ -13,7 +13,8 @@ import zstandard
 
 from fetcher.errors import CorruptArchive
 from fetcher.formats import Compression, detect_compression
-from fetcher.stages.decode import OUTPUT_CHUNK, AutoDecoder, Emit, make_decoder
+from fetcher.stages.decode import AutoDecoder, make_decoder
+from fetcher.stages.shapes import OUTPUT_CHUNK, Emit
 
 PAYLOAD_A = random.Random(1).randbytes(200_000) * 3
 PAYLOAD_B = b"model weights " * 150_000

@@ -26,14 +26,13 @@ from fetcher.errors import CorruptArchive
 from fetcher.stages.decode import (
     Bzip2Decoder,
     Decoder,
-    Emit,
     GzipDecoder,
-    OnBoundary,
     XzDecoder,
     resume_gzip,
     resume_xz,
 )
 from fetcher.stages.midstream import MidState, RestoreWanted
+from fetcher.stages.shapes import Emit, OnBoundary
 from fetcher.state.checkpoint import StateError
 from tests.support.archives import cli_compress, make_tree, tar_bytes, write_tree
 

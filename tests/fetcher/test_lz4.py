@@ -11,7 +11,8 @@ import pytest
 
 from fetcher.errors import CorruptArchive
 from fetcher.formats import Compression, detect_compression
-from fetcher.stages.decode import OUTPUT_CHUNK, make_decoder
+from fetcher.stages.decode import make_decoder
+from fetcher.stages.shapes import OUTPUT_CHUNK
 from fetcher.state.marker import MARKER_NAME
 from tests.fetcher.conftest import FAST_RETRIES, run_fetch, sha256
 from tests.support.archives import (

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from fetcher.errors import CorruptArchive, UnsafeArchive
 from fetcher.formats import Compression
 from fetcher.pack.archive import pack
-from fetcher.stages.decode import OUTPUT_CHUNK, Decoder, make_decoder
+from fetcher.stages.decode import Decoder, make_decoder
+from fetcher.stages.shapes import OUTPUT_CHUNK
 from fetcher.stages.zstd_parallel import ParallelZstdDecoder
 from tests.support.archives import cli_compress, make_tree, write_tree
 
