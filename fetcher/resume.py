@@ -59,9 +59,10 @@ def usable_checkpoint(request: FetchRequest) -> Checkpoint | None:
 def _where_inside(restore: RestorePoint) -> str:
     if restore.decoder is None:
         return " (a frame or member boundary)"
+    inside = {"zstd": "a zstd frame", "gzip": "a gzip member", "xz": "an xz stream"}
     return (
-        f" (inside a {restore.decoder.codec} frame or member, with "
-        f"{restore.decoder.history_size} bytes of its history kept)"
+        f" (inside {inside.get(restore.decoder.codec, restore.decoder.codec)}, with "
+        f"{restore.decoder.history_size} bytes of its output history kept)"
     )
 
 

@@ -46,7 +46,7 @@ from tests.fetcher.test_kill import (
 from tests.support.archives import write_tree
 from tests.support.origin import Faults, Origin
 
-INSIDE = re.compile(r"from byte \d+ \(inside a (zstd|gzip|xz) frame or member")
+INSIDE = re.compile(r"from byte \d+ \(inside (a zstd frame|a gzip member|an xz stream)")
 # A restart from byte 0 at every kill costs 1.0 of itself by definition; one that resumes
 # inside the frame loses at most an interval's bytes per kill (measured below ~0.3 here).
 MAX_SHARE_OF_RESTARTING = 0.6
