@@ -15,9 +15,10 @@ import json
 import os
 import random
 import shutil
+import stat
 import subprocess
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 GENERATOR_VERSION = 1
@@ -146,6 +147,20 @@ def _write_archive(members: list[Member], dest: Path, seed: int) -> list[Member]
     return hashed
 
 
+def write_tree(members: list[Member], root: Path, seed: int) -> list[Member]:
+    """Write the generated files under ``root``, the same bytes the archive holds; with digests."""
+    pool = _pool(seed)
+    hashed: list[Member] = []
+    for m in members:
+        path = root / m.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        content = _Content(m, pool)
+        with path.open("wb") as out:
+            shutil.copyfileobj(content, out, _BLOCK)
+        hashed.append(replace(m, sha256=content.hash.hexdigest()))
+    return hashed
+
+
 def _parents(path: str) -> list[str]:
     parts = path.split("/")
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -196,27 +211,45 @@ def ensure(
 
 
 def verify(dataset: Dataset, root: Path, ignore: frozenset[str] = frozenset()) -> list[str]:
-    """Problems with an extracted tree (missing, extra, wrong size or bytes); empty if exact.
+    """Problems with an extracted tree (missing, extra, wrong kind, size or bytes); empty if exact.
 
+    Compares every path, its kind (a regular file, not a symlink, where a file belongs; a folder
+    where a folder does), and each file's size and SHA-256. Modes, mtimes and owners are not
+    compared: they are metadata the archive makers set differently (``zstd`` here keeps 0644 /
+    0755 and a fixed mtime, ``model-fetch pack`` normalises modes to 0644 / 0755 and mtimes to
+    0) and tar and model-fetch apply with the umask and their own rules.
     ``ignore`` names top-level entries a method may leave behind on purpose (e.g. a marker).
     """
-    problems: list[str] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
         for name in dirnames + filenames:
             rel = (rel_dir / name).as_posix()
             if rel.split("/")[0] not in ignore:
-                seen.add(rel)
-    expected = {m.path for m in dataset.members} | dataset.dirs
-    problems += [f"missing {p}" for p in sorted(expected - seen)]
-    problems += [f"unexpected {p}" for p in sorted(seen - expected)]
+                seen[rel] = _kind(Path(dirpath, name))
+    expected = {m.path: "a file" for m in dataset.members} | dict.fromkeys(dataset.dirs, "a folder")
+    problems = [f"missing {p}" for p in sorted(expected.keys() - seen.keys())]
+    problems += [f"unexpected {p}" for p in sorted(seen.keys() - expected.keys())]
+    problems += [
+        f"{p} is {seen[p]}, expected {kind}"
+        for p, kind in sorted(expected.items())
+        if p in seen and seen[p] != kind
+    ]
     for m in dataset.members:
         path = root / m.path
-        if m.path not in seen or not path.is_file():
+        if seen.get(m.path) != "a file":
             continue
         if path.stat().st_size != m.size:
             problems.append(f"{m.path}: {path.stat().st_size} bytes, expected {m.size}")
         elif _sha256_file(path) != m.sha256:
             problems.append(f"{m.path}: content differs")
     return problems
+
+
+def _kind(path: Path) -> str:
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a file" if stat.S_ISREG(mode) else "a special file"

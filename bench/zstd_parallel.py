@@ -4,8 +4,9 @@
         [--frame-size 32MiB] [--hash]
 
 Writes the benchmark's model tree (bench/_dataset.py's plan and content, cached in
-``bench/.work/pack/``) to disk once, packs it with ``model-fetch pack`` (timed, cached while
-the tree and frame size stay the same), then extracts the archive from the local file with
+``bench/.work/pack/``) to disk once, packs it with ``model-fetch pack`` (bench/_pack.py, the
+archive ``fetch.py --archive pack`` serves; timed, cached while the tree and frame size stay
+the same), then extracts the archive from the local file with
 ``ParallelZstdDecoder(workers=N)`` into the fetcher's own tar reader and safe tree, once per
 thread count and run, interleaved, each in a fresh interpreter and a fresh directory, after a
 ``sync`` that is not timed. ``plain`` is the pipeline's current single-threaded decoder, for
@@ -31,58 +32,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import _dataset  # bench/ is on sys.path when this file runs as a script
+import _pack
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-WORK = BENCH / ".work" / "pack"
+WORK = _pack.WORK
 READ_SIZE = 16 << 20  # the fetcher's default --chunk-size
-
-
-def _write_tree(size: int, seed: int) -> tuple[Path, list[_dataset.Member]]:
-    """The dataset's files on disk, with their digests; rebuilt when size or seed change."""
-    root = WORK / "tree"
-    meta = WORK / "tree.json"
-    key = {"size": size, "seed": seed, "generator": _dataset.GENERATOR_VERSION}
-    if meta.exists() and json.loads(meta.read_text())["key"] == key:
-        members = [_dataset.Member(**m) for m in json.loads(meta.read_text())["members"]]
-        return root, members
-    shutil.rmtree(root, ignore_errors=True)
-    meta.unlink(missing_ok=True)
-    print(f"writing the {size / 2**30:.2f} GiB tree ...", flush=True)
-    pool = _dataset._pool(seed)
-    hashed = []
-    for member in _dataset.plan(size, seed):
-        path = root / member.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        content = _dataset._Content(member, pool)
-        with path.open("wb") as out:
-            while block := content.read(1 << 20):
-                out.write(block)
-        hashed.append(
-            _dataset.Member(member.path, member.size, member.seed, content.hash.hexdigest())
-        )
-    meta.write_text(json.dumps({"key": key, "members": [asdict(m) for m in hashed]}))
-    return root, hashed
-
-
-def _pack(tree: Path, frame_size: str) -> tuple[Path, float | None]:
-    archive = WORK / f"model-{frame_size}.tar.zst"
-    stamp = WORK / f"model-{frame_size}.stamp"
-    tree_stamp = (WORK / "tree.json").stat().st_mtime_ns
-    if archive.exists() and stamp.exists() and stamp.read_text() == str(tree_stamp):
-        return archive, None
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "fetcher", "pack", str(tree), "-o", str(archive),
-         "--frame-size", frame_size],
-        check=True, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    stamp.write_text(str(tree_stamp))
-    return archive, time.perf_counter() - started
 
 
 def _chunks(archive: Path, hashing: bool) -> queue.Queue[bytes | None]:
@@ -163,15 +121,8 @@ def main() -> None:
         print(json.dumps(extract_once(Path(archive), Path(out), method, args.hash)))
         return
 
-    WORK.mkdir(parents=True, exist_ok=True)
-    tree, members = _write_tree(int(args.size_gib * 2**30), args.seed)
-    archive, pack_seconds = _pack(tree, args.frame_size)
-    size = archive.stat().st_size
-    extracted = sum(m.size for m in members)
-    if pack_seconds is not None:
-        print(f"packed {extracted / 2**20:.0f} MiB into {size / 2**20:.0f} MiB in "
-              f"{pack_seconds:.1f} s ({extracted / pack_seconds / 1e6:.0f} MB/s)")  # fmt: skip
-    dataset = _dataset.Dataset(archive, size, "", tuple(members))
+    dataset = _pack.ensure(int(args.size_gib * 2**30), args.seed, args.frame_size)
+    archive, size, extracted = dataset.archive, dataset.archive_bytes, dataset.extracted_bytes
     methods = ["plain", *args.threads.split(",")]
     results: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for index in range(args.runs):
