@@ -2,16 +2,18 @@
 
     .venv/bin/python bench/fetch.py [--scenario throttled|unthrottled|both] [--size-gib 2]
         [--throttled-size-gib 1] [--limit-rate 40m] [--runs 1] [--methods a,b]
-        [--fetcher-rev REV] [--plot PNG] [--keep] [--profile]
+        [--archive zstd|pack] [--fetcher-rev REV] [--plot PNG] [--keep] [--profile]
 
-Builds (once, cached in bench/.work/) a deterministic tar.zst with the real ``zstd -T0``, serves
+Builds (once, cached in bench/.work/) a deterministic tar.zst with the real ``zstd -T0``, or
+with ``--archive pack`` the same tree packed by the project's own ``model-fetch pack``, serves
 it from a private nginx on 127.0.0.1 (installed with apt-get if missing), unthrottled or with a
 per-connection ``limit_rate`` that models a CDN or a high-RTT origin, then times each method on
 the same URL into a fresh directory on the same filesystem. Prints a markdown table per
 scenario (wall time, extracted MB/s, speed relative to ``curl | zstd -d | tar -x``, peak RSS of
-the whole process tree, peak disk used and its excess over the extracted tree, CPU time), then
-whether the fetcher's targets are met, and plots disk use over time. Every output tree is
-checked file by file against the generated content. See bench/README.md.
+the whole process tree, peak disk used and its excess over the extracted tree, CPU time in all
+and per extracted GB), then whether the fetcher's targets are met, and plots disk use over
+time. Every output tree is checked file by file against the generated content (paths, kinds,
+sizes, SHA-256; not modes or mtimes). See bench/README.md.
 
 Methods are a registry of named command builders (``METHODS``): add one with ``@method(...)``.
 """
@@ -38,14 +40,19 @@ from pathlib import Path
 import _apt  # bench/ is on sys.path when this file runs as a script
 import _dataset
 import _nginx
+import _pack
 import psutil
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 WORK = BENCH / ".work"
-VENV_BIN = REPO / ".venv" / "bin"
-PYTHON = VENV_BIN / "python"
-MODEL_FETCH = VENV_BIN / "model-fetch"
+PYTHON = sys.executable
+"""The interpreter running the bench (the venv's), which also runs model-fetch."""
+MODEL_FETCH = _pack.MODEL_FETCH
+ARCHIVES = {
+    "zstd": "tar.zst made by zstd -T0 -3",
+    "pack": f"tar.zst made by model-fetch pack --frame-size {_pack.FRAME_SIZE}",
+}
 BASELINE = "curl-pipe"
 STREAMING_REV = "3b6aa1c"
 """The last commit of the single-stream fetcher, before parallel ranged GETs."""
@@ -91,7 +98,7 @@ class RunContext:
     out: Path
     scratch: Path
     archive_name: str
-    fetcher: tuple[str, ...] = (str(MODEL_FETCH),)
+    fetcher: tuple[str, ...] = MODEL_FETCH
     """The model-fetch command to run (the working tree's, or an exported revision's)."""
     max_disk_buffer: str = "1GiB"
 
@@ -158,7 +165,7 @@ def export_fetcher(rev: str) -> tuple[str, tuple[str, ...]]:
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
-    return commit, ("env", f"PYTHONPATH={dest}", str(PYTHON), "-P", "-m", "fetcher")
+    return commit, ("env", f"PYTHONPATH={dest}", PYTHON, "-P", "-m", "fetcher")
 
 
 def _model_fetch(*extra: str) -> Callable[[RunContext], list[str]]:
@@ -202,7 +209,7 @@ for _cores in ("0.5", "1"):
         " limit; needs root)",
         leaves=frozenset({MARKER}),
         fetcher=True,
-    )(lambda ctx, _cores=_cores: [str(PYTHON), str(CGROUP), _cores, "--", *_model_fetch()(ctx)])
+    )(lambda ctx, _cores=_cores: [PYTHON, str(CGROUP), _cores, "--", *_model_fetch()(ctx)])
 
 
 @method(
@@ -298,6 +305,10 @@ class Result:
     @property
     def mb_per_s(self) -> float:
         return self.extracted_bytes / self.wall_s / 1e6
+
+    @property
+    def cpu_s_per_gb(self) -> float:
+        return self.cpu_s / (self.extracted_bytes / 1e9)
 
 
 def tree_rss(root: psutil.Process) -> int:
@@ -449,7 +460,7 @@ def profile(
     rate: int = 200,
 ) -> Path:
     """One extra, untimed run of ``m`` under py-spy; returns the collapsed-stack file."""
-    py_spy = shutil.which("py-spy") or shutil.which(str(VENV_BIN / "py-spy"))
+    py_spy = shutil.which("py-spy") or shutil.which(str(Path(PYTHON).parent / "py-spy"))
     if py_spy is None:
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     base = WORK / "profile" / f"{scenario}-{m.name}"
@@ -517,14 +528,14 @@ def table(results: list[Result], scenario: str, methods: tuple[str, ...]) -> str
     """One row per method: medians of wall time, throughput and CPU; worst peaks."""
     rows = [
         f"| method | wall (s) | extracted MB/s | speed vs {BASELINE} | peak RSS (MiB) "
-        "| peak disk (GiB) | peak disk - extracted (MiB) | CPU (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak disk (GiB) | peak disk - extracted (MiB) | CPU (s) | CPU s per extracted GB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base_wall = _median_wall(results, scenario, BASELINE)
     for name in methods:
         mine = _ok(results, scenario, name)
         if not mine:
-            rows.append(f"| {name} | failed | | | | | | |")
+            rows.append(f"| {name} | failed | | | | | | | |")
             continue
         wall = statistics.median(r.wall_s for r in mine)
         ratio = f"{base_wall / wall:.2f}x" if base_wall else "-"
@@ -533,7 +544,8 @@ def table(results: list[Result], scenario: str, methods: tuple[str, ...]) -> str
             f"| {name} | {wall:.2f} | {statistics.median(r.mb_per_s for r in mine):.0f} "
             f"| {ratio} | {max(r.peak_rss for r in mine) / 2**20:.0f} "
             f"| {peak / 2**30:.2f} | {(peak - mine[0].extracted_bytes) / 2**20:.0f} "
-            f"| {statistics.median(r.cpu_s for r in mine):.1f} |"
+            f"| {statistics.median(r.cpu_s for r in mine):.1f} "
+            f"| {statistics.median(r.cpu_s_per_gb for r in mine):.2f} |"
         )
     return "\n".join(rows)
 
@@ -721,6 +733,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"unthrottled: {','.join(SCENARIO_METHODS['unthrottled'])})",
     )
     parser.add_argument(
+        "--archive",
+        choices=tuple(ARCHIVES),
+        default="zstd",
+        help="the archive every method fetches: the tree streamed into zstd -T0 -3, or packed "
+        f"by this checkout's model-fetch pack --frame-size {_pack.FRAME_SIZE} (default zstd)",
+    )
+    parser.add_argument(
         "--fetcher-rev",
         metavar="REV",
         help="run model-fetch from this commit (exported with git archive) instead of the "
@@ -811,12 +830,13 @@ def _load() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exported: str | None = None
-    fetcher: tuple[str, ...] = (str(MODEL_FETCH),)
+    fetcher: tuple[str, ...] = MODEL_FETCH
     if args.fetcher_rev:
         exported, fetcher = export_fetcher(args.fetcher_rev)
     check_tools({m for sc in args.scenarios for m in sc.methods}, fetcher)
     sizes = {sc.name: int(sc.size_gib * 2**30) for sc in args.scenarios}
-    keep = frozenset(_dataset.stem(n, args.seed) for n in sizes.values())
+    stem = _pack.stem if args.archive == "pack" else _dataset.stem
+    keep = frozenset(stem(n, args.seed) for n in sizes.values())
     binary = _nginx.ensure_installed()
     results: list[Result] = []
     run_lines: list[str] = []
@@ -825,7 +845,10 @@ def main(argv: list[str] | None = None) -> int:
     extracted: dict[str, int] = {}
     raws: dict[str, Path] = {}
     for sc in args.scenarios:
-        dataset = _dataset.ensure(WORK / "data", sizes[sc.name], args.seed, keep=keep)
+        if args.archive == "pack":
+            dataset = _pack.ensure(sizes[sc.name], args.seed, keep=keep)
+        else:
+            dataset = _dataset.ensure(WORK / "data", sizes[sc.name], args.seed, keep=keep)
         extracted[sc.name] = dataset.extracted_bytes
         config = _nginx.NginxConfig(
             root=dataset.archive.parent,
@@ -837,7 +860,8 @@ def main(argv: list[str] | None = None) -> int:
         with _nginx.Nginx(binary, config).start(probe_path=f"/{dataset.archive.name}") as nginx:
             url = nginx.url(dataset.archive.name)
             print(
-                f"[{sc.name}] archive {url}: {dataset.archive_bytes / 2**20:.0f} MiB compressed, "
+                f"[{sc.name}] archive {url} ({ARCHIVES[args.archive]}): "
+                f"{dataset.archive_bytes / 2**20:.0f} MiB compressed, "
                 f"{dataset.extracted_bytes / 2**20:.0f} MiB in {len(dataset.members)} files, "
                 f"limit_rate {sc.limit_rate or 'off'}, load {load_before}",
                 flush=True,
@@ -873,15 +897,16 @@ def main(argv: list[str] | None = None) -> int:
         rate = f"nginx limit_rate {sc.limit_rate} per connection" if sc.limit_rate else "no limit"
         headers[sc.name] = (
             f"{sc.name}: {sc.size_gib:g} GiB of content, {dataset.archive_bytes / 2**20:.0f} MiB "
-            f"tar.zst, {rate}, {args.runs} run(s), load average (1/5 min) {load_before} "
-            f"before, {_load()} after"
+            f"{ARCHIVES[args.archive]}, {rate}, {args.runs} run(s), load average (1/5 min) "
+            f"{load_before} before, {_load()} after"
         )
         titles[sc.name] = (
             f"{sc.name}: {sc.size_gib:g} GiB content, {dataset.archive_bytes / 2**20:.0f} MiB "
-            f"tar.zst, {rate}"
+            f"{ARCHIVES[args.archive]}, {rate}"
         )
     report = [
         _revision(exported),
+        f"archive: {ARCHIVES[args.archive]}",
         f"{os.cpu_count()} CPUs, --max-disk-buffer {args.max_disk_buffer}",
     ]
     for sc in args.scenarios:
