@@ -11,8 +11,8 @@ Two clocks, because two kinds of save serve different ends:
   restart would only fetch again;
 - a *window* save, taken when the window received PROGRESS_BYTES since the last save,
   records only the ranges it holds, so that a kill does not lose what parallel ranges
-  brought ahead of the decoder. It vouches for the part file alone, so it flushes only that
-  file, not the volume.
+  brought ahead of the decoder. It flushes nothing: each range goes with the CRC32C it was
+  written with, and a later run reuses only the ranges whose bytes still match it.
 
 Saves are never declined. The flush (a syncfs of the volume) and the atomic write run on a
 thread of their own; a save asked for while one is being written waits in a single slot, and
@@ -41,7 +41,7 @@ MIN_SPACING = 0.25
 class _Save:
     blob: bytes
     then: Callable[[], None]
-    whole_volume: bool = True  # False: only the window's part file needs flushing
+    flush: bool = True  # False: nothing it vouches for needs flushing first
 
 
 class Checkpointer:
@@ -53,14 +53,12 @@ class Checkpointer:
         interval: float,
         every_bytes: int,
         flush: Callable[[], None],
-        flush_window: Callable[[], None] = lambda: None,
     ) -> None:
         self.path = path
         self.checkpoint = checkpoint
         self._interval = interval
         self._every_bytes = every_bytes
         self._flush = flush
-        self._flush_window = flush_window
         now = time.monotonic()
         # The first restorable point of every run is saved at once. Without a restore point
         # yet, a checkpoint without one then means that no boundary had been passed (which the
@@ -119,11 +117,11 @@ class Checkpointer:
         self._submit(_Save(self.checkpoint.encode(), then))
 
     def save_window(self, then: Callable[[], None], received: int) -> None:
-        """Only checkpoint.window changed: flush the part file, not the volume."""
+        """Only checkpoint.window changed: its CRC32Cs vouch for it, nothing is flushed."""
         self._raise_pending_error()
         self._received_at_last_save = received
         self._last_save_at = time.monotonic()
-        self._submit(_Save(self.checkpoint.encode(), then, whole_volume=False))
+        self._submit(_Save(self.checkpoint.encode(), then, flush=False))
 
     def wait(self, *, reraise: bool = True) -> None:
         """Until every save asked for is on disk; re-raise what writing one raised."""
@@ -147,7 +145,7 @@ class Checkpointer:
                 save = _Save(
                     save.blob,
                     _both(self._pending.then, save.then),
-                    self._pending.whole_volume or save.whole_volume,
+                    self._pending.flush or save.flush,
                 )
             self._pending = save
             if self._writing:
@@ -166,7 +164,8 @@ class Checkpointer:
                     return
             try:
                 # The files the checkpoint vouches for reach the disk first.
-                (self._flush if save.whole_volume else self._flush_window)()
+                if save.flush:
+                    self._flush()
                 save_checkpoint(self.path, save.blob)
                 self.written += 1
                 save.then()

@@ -1,0 +1,49 @@
+"""How many connections parallel ranges keep busy: as many as keep the decoder fed, no more.
+
+A range ahead of the decoder costs a trip through the part file (written, read back, its
+CRC32C twice); the range the decoder reads next costs nothing more than one stream does, its
+bytes being handed over in memory. So ranges ahead are worth it only while the decoder waits
+for bytes a connection is still bringing (a capped or distant origin), and not while the
+decoder itself is the slower end (a fast origin, where one connection outruns it).
+
+Window by window of the decoder's side, the share of the time it waited for bytes a
+connection had already begun sending is measured (waiting for a new request's first byte says
+nothing of throughput): above GROW_SHARE the connections allowed double, below SHRINK_SHARE
+they halve, never below one nor above the count asked for.
+"""
+
+from __future__ import annotations
+
+WINDOW_SECONDS = 0.1
+GROW_SHARE = 0.2
+SHRINK_SHARE = 0.02
+
+
+class Governor:
+    def __init__(self, most: int, start: int, *, window: float = WINDOW_SECONDS) -> None:
+        self.most = most
+        self.limit = max(1, min(start, most))
+        self._window = window
+        self._since: float | None = None
+        self._waited = 0.0
+
+    def waited(self, seconds: float) -> None:
+        """The decoder's side waited this long for bytes a connection was sending."""
+        self._waited += seconds
+
+    def tick(self, now: float) -> bool:
+        """At the end of each window, the limit for the next; True when it changed."""
+        if self._since is None:
+            self._since = now
+            return False
+        elapsed = now - self._since
+        if elapsed < self._window:
+            return False
+        share = self._waited / elapsed
+        self._since, self._waited = now, 0.0
+        before = self.limit
+        if share > GROW_SHARE:
+            self.limit = min(self.most, self.limit * 2)
+        elif share < SHRINK_SHARE:
+            self.limit = max(1, self.limit // 2)
+        return self.limit != before
