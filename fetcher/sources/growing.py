@@ -6,7 +6,8 @@ A capped origin (a CDN edge, an object store, anything far away) serves each con
 and there many ranges at once are what make the download fast. Which one this is shows on the
 first connection: window by window, it is measured how long the stream's thread sat idle
 waiting for bytes from the socket (wall time inside the read less the thread's own CPU time,
-which on a fast origin is most of it: parsing HTTP in Python). When idle waiting is most of the
+which on a fast origin is most of it: parsing HTTP in Python, and less the time it waited for
+a CPU, which on a busy machine is no sign of a slow origin). When idle waiting is most of the
 window, the other connections start at once on ranges ahead of the stream, which goes on
 bringing the bytes the decoder reads next up to the first of them.
 """
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 from fetcher.sources.ranged import ParallelDownload
 from fetcher.sources.stream import MirroredStream
@@ -30,6 +32,7 @@ WINDOW_SECONDS = 0.2
 NETWORK_BOUND = 0.5
 # Under --max-bandwidth, a stream this close to the cap has nothing to gain from more.
 NEAR_THE_CAP = 0.8
+_SCHEDSTAT = Path("/proc/thread-self/schedstat")
 
 
 class GrowingDownload:
@@ -77,9 +80,9 @@ class GrowingDownload:
         window_start, window_bytes, waited = time.monotonic(), 0, 0.0
         first = True
         while True:
-            asked, asked_cpu = time.monotonic(), time.thread_time()
+            asked, asked_busy = time.monotonic(), _busy()
             item = next(stream, None)
-            waited += (time.monotonic() - asked) - (time.thread_time() - asked_cpu)
+            waited += (time.monotonic() - asked) - (_busy() - asked_busy)
             if item is None:
                 return None
             position += len(item)
@@ -131,3 +134,13 @@ class GrowingDownload:
             parallel = self._parallel
         if parallel:
             parallel.close()
+
+
+def _busy() -> float:
+    """Seconds this thread ran or waited for a CPU to run on (Linux's schedstat); its CPU time
+    elsewhere."""
+    try:
+        ran, queued, _ = _SCHEDSTAT.read_bytes().split()
+        return (int(ran) + int(queued)) / 1e9
+    except (OSError, ValueError):
+        return time.thread_time()

@@ -50,7 +50,7 @@ log = logging.getLogger("model-fetch")
 
 READ_SIZE = 1 << 20
 # Bytes handed over in memory that the decoder has not taken yet, at most (one piece beyond).
-MEMORY_BYTES = 8 << 20
+MEMORY_BYTES = 4 << 20
 
 
 @dataclass
@@ -253,7 +253,9 @@ class ParallelDownload:
         self._consumed = position + size
         self._changed.notify_all()
         self._drained.notify_all()
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        # Copied, so that a connection's pieces die here, in the order they came: each thread
+        # allocates from a heap of its own, which keeps the most it ever held at once.
+        return b"".join(pieces) if len(pieces) > 1 else memoryview(pieces[0]).tobytes()
 
     def _discard(self, held: HeldRange) -> None:
         """An earlier run's range whose bytes no longer match: fetched again."""
