@@ -105,3 +105,18 @@ def test_a_write_that_fails_is_raised_on_the_next_save(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space left"):
         checkpointer.wait()
     assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_the_first_window_save_is_due_at_once_and_later_ones_are_spaced(tmp_path: Path) -> None:
+    checkpointer = Checkpointer(
+        tmp_path / CHECKPOINT_NAME,
+        Checkpoint(RequestIdentity("test", None, "auto")),
+        interval=3600,
+        every_bytes=1 << 20,  # a small window: its saves come every MiB, not every 8
+        flush=lambda: None,
+    )
+    assert not checkpointer.window_due(received=(1 << 20) - 1)
+    assert checkpointer.window_due(received=1 << 20)  # a run killed early keeps its ranges
+    checkpointer.save_window(then=lambda: None, received=1 << 20)
+    checkpointer.wait()
+    assert not checkpointer.window_due(received=4 << 20)  # within MIN_SPACING of that save
