@@ -7,9 +7,10 @@ for bytes a connection is still bringing (a capped or distant origin), and not w
 decoder itself is the slower end (a fast origin, where one connection outruns it).
 
 Window by window of the decoder's side, the share of the time it waited for bytes a
-connection had already begun sending is measured (waiting for a new request's first byte says
-nothing of throughput): above GROW_SHARE the connections allowed double, below SHRINK_SHARE
-they halve, never below one nor above the count asked for.
+connection had already begun sending, with nothing queued in its socket, is measured (waiting
+for a new request's first byte says nothing of throughput, and a connection with bytes queued
+is short of CPU, which more connections would only share): above GROW_SHARE the connections
+allowed double, below SHRINK_SHARE they halve, never below one nor above the count asked for.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from fetcher.errors import Interrupted
-from fetcher.http.body import paced_body
+from fetcher.http.body import paced_body, unread_bytes
 from fetcher.http.exchange import (
     Identity,
     NotSatisfiable,
@@ -51,6 +51,8 @@ log = logging.getLogger("model-fetch")
 READ_SIZE = 1 << 20
 # Bytes handed over in memory that the decoder has not taken yet, at most (one piece beyond).
 MEMORY_BYTES = 4 << 20
+# A connection that has this much waiting in its socket is short of CPU, not of network.
+QUEUED_BYTES = 64 << 10
 
 
 @dataclass
@@ -61,6 +63,7 @@ class _Origin:
     failures: int = 0
     set_aside_until: float = 0.0
     in_flight: int = 0
+    asked: int = 0  # ranges requested from it so far
     gave_up: str | None = None
 
     @property
@@ -76,6 +79,7 @@ class _Task:
     end: int
     position: int
     spill: SpillRun = field(default_factory=SpillRun)
+    response: httpx.Response | None = None  # while its body is being read
 
     @property
     def begun(self) -> bool:
@@ -114,7 +118,9 @@ class ParallelDownload:
         self._part = part
         self._length = identity.length
         self._connections = connections
-        self._governor = Governor(connections, connections)
+        # A stream that proved to be the wait goes on over all of them; otherwise the range
+        # the decoder reads next and one ahead, until the first window tells whether more help.
+        self._governor = Governor(connections, connections if head is not None else 2)
         self._chunk = chunk_size
         self._buffer = buffer
         held = [r for r in held if r.start >= start]
@@ -142,8 +148,9 @@ class ParallelDownload:
         self._head = head
         # One lock, three conditions: bytes arriving wake only the consumer, the consumer
         # taking bytes from memory wakes only the connection handing them over, and only what
-        # can change a dispatch decision (consumed, released, a range done, an origin set
-        # aside) wakes the idle workers. One condition for all woke every thread per read.
+        # can change a dispatch decision (released, a range done or dropped, the connections
+        # allowed, an origin set aside) wakes the idle workers; the decoder moving on within
+        # bytes already here changes none. One condition for all woke every thread per read.
         self._lock = threading.RLock()
         self._arrived = threading.Condition(self._lock)
         self._drained = threading.Condition(self._lock)
@@ -209,7 +216,6 @@ class ParallelDownload:
                 # Counted before the decoder sees them: a checkpoint taken while it works
                 # through these bytes may release the window up to any point within them.
                 self._consumed = position + len(data)
-                self._changed.notify_all()
             return data
 
     def _wait_for(self, position: int) -> HeldRange | None:
@@ -223,11 +229,13 @@ class ParallelDownload:
                     return self._unchecked.get(position)
                 if self._stop.is_set():
                     raise Interrupted(0, "a stop request")
-                coming = any(t.begun and t.start <= position < t.end for t in self._in_flight)
+                coming = next(
+                    (t for t in self._in_flight if t.begun and t.start <= position < t.end), None
+                )
                 now = time.monotonic()
                 if waited_since is not None:
                     self._governor.waited(now - waited_since)
-                waited_since = now if coming else None
+                waited_since = now if coming and self._network_is_the_wait(coming) else None
                 self._govern(now)
                 self._arrived.wait(0.5)
         finally:
@@ -235,6 +243,14 @@ class ParallelDownload:
             if waited_since is not None:
                 self._governor.waited(now - waited_since)
             self._govern(now)
+
+    @staticmethod
+    def _network_is_the_wait(task: _Task) -> bool:
+        """Whether waiting for this range is waiting for the network: not if its socket holds
+        bytes its connection has had no CPU to read yet (more connections would not help)."""
+        response = task.response
+        queued = unread_bytes(response) if response is not None else None
+        return queued is None or queued < QUEUED_BYTES
 
     def _govern(self, now: float) -> None:
         if self._governor.tick(now):
@@ -251,7 +267,6 @@ class ParallelDownload:
             return None
         self._memory_bytes -= size
         self._consumed = position + size
-        self._changed.notify_all()
         self._drained.notify_all()
         # Copied, so that a connection's pieces die here, in the order they came: each thread
         # allocates from a heap of its own, which keeps the most it ever held at once.
@@ -400,6 +415,7 @@ class ParallelDownload:
                         self._in_flight.append(task)
                         self.stats.connections = max(self.stats.connections, len(self._in_flight))
                         origin_or_wait.in_flight += 1
+                        origin_or_wait.asked += 1
                         return task, origin_or_wait
                     self._changed.wait(origin_or_wait)
                 else:
@@ -444,7 +460,8 @@ class ParallelDownload:
         ready = [o for o in usable if o.set_aside_until <= now]
         if not ready:
             return min(o.set_aside_until for o in usable) - now
-        return min(ready, key=lambda o: (o.in_flight, self._origins.index(o)))
+        # Then the one asked least: mirrors share the work even over one connection at a time.
+        return min(ready, key=lambda o: (o.in_flight, o.asked, self._origins.index(o)))
 
     def _set_aside(self, origin: _Origin, error: Retryable) -> None:
         with self._lock:
@@ -484,8 +501,10 @@ class ParallelDownload:
         ):
             self._check(origin, response, start, end)
             check_stop = self._check_stop
+            task.response = response
             for data in paced_body(response, self._limiter, self._policy, check_stop):
                 self._deliver(task, data[: end - task.position])
+            task.response = None
             if task.position < end:
                 raise Retryable(f"body ended at byte {task.position} of a range ending at {end}")
             with self._lock:
