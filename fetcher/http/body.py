@@ -41,6 +41,10 @@ def paced_body(
                 window_start, window_bytes, throttled = time.monotonic(), 0, 0.0
 
 
+# A reader that has this much queued in its socket is short of CPU, not of network.
+QUEUED_BYTES = 64 << 10
+
+
 def unread_bytes(response: httpx.Response) -> int | None:
     """Bytes that reached this response's socket and nobody has read yet; None when unknown.
 

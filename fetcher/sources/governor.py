@@ -6,11 +6,15 @@ bytes being handed over in memory. So ranges ahead are worth it only while the d
 for bytes a connection is still bringing (a capped or distant origin), and not while the
 decoder itself is the slower end (a fast origin, where one connection outruns it).
 
-Window by window of the decoder's side, the share of the time it waited for bytes a
-connection had already begun sending, with nothing queued in its socket, is measured (waiting
-for a new request's first byte says nothing of throughput, and a connection with bytes queued
-is short of CPU, which more connections would only share): above GROW_SHARE the connections
-allowed double, below SHRINK_SHARE they halve, never below one nor above the count asked for.
+Window by window of the decoder's side, two shares of the time are measured: how long the
+decoder waited for bytes a connection had already begun sending, with nothing queued in its
+socket (waiting for a new request's first byte says nothing of throughput, and a connection
+with bytes queued is short of CPU, which more connections would only share), and how long the
+connection handing bytes over in memory waited for the decoder to take them. Above GROW_SHARE
+of waiting for the network, the connections allowed double; when the decoder hardly waited
+(below SHRINK_SHARE) and held the hand-over back for HELD_SHARE of the window, they halve:
+one connection outruns it. Never below one nor above the count asked for. A decoder that is
+only catching up through the ranges on disk changes nothing: they were worth fetching.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 WINDOW_SECONDS = 0.1
 GROW_SHARE = 0.2
 SHRINK_SHARE = 0.02
+HELD_SHARE = 0.2
 
 
 class Governor:
@@ -27,10 +32,15 @@ class Governor:
         self._window = window
         self._since: float | None = None
         self._waited = 0.0
+        self._held = 0.0
 
     def waited(self, seconds: float) -> None:
         """The decoder's side waited this long for bytes a connection was sending."""
         self._waited += seconds
+
+    def held_back(self, seconds: float) -> None:
+        """The connection handing bytes over waited this long for the decoder to take them."""
+        self._held += seconds
 
     def tick(self, now: float) -> bool:
         """At the end of each window, the limit for the next; True when it changed."""
@@ -40,11 +50,11 @@ class Governor:
         elapsed = now - self._since
         if elapsed < self._window:
             return False
-        share = self._waited / elapsed
-        self._since, self._waited = now, 0.0
+        waited, held = self._waited / elapsed, self._held / elapsed
+        self._since, self._waited, self._held = now, 0.0, 0.0
         before = self.limit
-        if share > GROW_SHARE:
+        if waited > GROW_SHARE:
             self.limit = min(self.most, self.limit * 2)
-        elif share < SHRINK_SHARE:
+        elif waited < SHRINK_SHARE and held > HELD_SHARE:
             self.limit = max(1, self.limit // 2)
         return self.limit != before

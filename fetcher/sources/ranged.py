@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from fetcher.errors import Interrupted
-from fetcher.http.body import paced_body, unread_bytes
+from fetcher.http.body import QUEUED_BYTES, paced_body, unread_bytes
 from fetcher.http.exchange import (
     Identity,
     NotSatisfiable,
@@ -51,8 +51,8 @@ log = logging.getLogger("model-fetch")
 READ_SIZE = 1 << 20
 # Bytes handed over in memory that the decoder has not taken yet, at most (one piece beyond).
 MEMORY_BYTES = 4 << 20
-# A connection that has this much waiting in its socket is short of CPU, not of network.
-QUEUED_BYTES = 64 << 10
+# How long the decoder's side waits for a READ_SIZE piece to fill (as one stream batches).
+BATCH_SECONDS = 0.05
 
 
 @dataclass
@@ -136,6 +136,7 @@ class ParallelDownload:
         self._have = RangeSet((r.start, r.end) for r in held)
         self._disk = RangeSet((r.start, r.end) for r in held)
         self._memory: dict[int, bytes] = {}
+        self._memory_since = 0.0  # when the oldest piece there arrived
         self._memory_bytes = 0
         self._held = {r.start: r for r in held}  # what the part file holds, with CRC32Cs
         # Held by an earlier run: checked against its CRC32C when the decoder gets to it.
@@ -195,6 +196,7 @@ class ParallelDownload:
             with self._lock:
                 unchecked = self._wait_for(position)
                 if unchecked is None:
+                    self._gather(position)
                     data = self._from_memory(position)
                     if data is not None:
                         return data
@@ -257,6 +259,25 @@ class ParallelDownload:
             log.debug("parallel ranges: up to %d connections", self._governor.limit)
             self._changed.notify_all()
 
+    def _gather(self, position: int) -> None:
+        """Give the connection handing bytes over up to BATCH_SECONDS to make READ_SIZE of them:
+        the decoder's side then handles a few large pieces instead of many reads' worth."""
+        if position not in self._memory:
+            return
+        deadline = self._memory_since + BATCH_SECONDS
+        while True:
+            end = position
+            while end - position < READ_SIZE and (piece := self._memory.get(end)) is not None:
+                end += len(piece)
+            if end - position >= READ_SIZE or self._error is not None or self._closing:
+                return
+            if not any(t.start <= end < t.end for t in self._in_flight):
+                return  # nobody is bringing the bytes that follow
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.wait(remaining)
+
     def _from_memory(self, position: int) -> bytes | None:
         pieces: list[bytes] = []
         size = 0
@@ -318,12 +339,19 @@ class ParallelDownload:
         with self._lock:
             while position == self._have.contiguous_end(self._consumed):
                 if self._memory_bytes < MEMORY_BYTES or not self._memory:
+                    if not self._memory:
+                        self._memory_since = time.monotonic()
                     self._memory[position] = piece
                     self._memory_bytes += size
                     self._received(task, size, counted)
                     return
                 self._check_stop()
+                since = time.monotonic()
                 self._drained.wait(0.5)
+                if self._consumed in self._memory:
+                    # Not while the decoder catches up through ranges on disk: those were
+                    # worth fetching ahead, and it reaches this one soon.
+                    self._governor.held_back(time.monotonic() - since)
         # Ahead of the decoder: nobody blocks on these, so they go through the part file.
         changed = task.spill.extend(position, piece)
         self._part.write_at(position, piece)

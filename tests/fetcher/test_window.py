@@ -17,7 +17,7 @@ from pathlib import Path
 import crc32c
 import pytest
 
-from fetcher.sources.governor import GROW_SHARE, SHRINK_SHARE, Governor
+from fetcher.sources.governor import GROW_SHARE, HELD_SHARE, SHRINK_SHARE, Governor
 from fetcher.sources.spill import BLOCK, SpillRun
 from fetcher.state.checkpoint import CHECKPOINT_NAME, HeldRange, StateError, WindowState
 from tests.fetcher.conftest import sha256
@@ -186,7 +186,7 @@ def test_a_spill_run_is_cut_at_block_lines_with_each_piece_s_crc32c() -> None:
         assert r.crc32c == crc32c.crc32c(data[r.start - start : r.end - start])
 
 
-def test_the_governor_doubles_while_the_decoder_waits_and_halves_while_it_does_not() -> None:
+def test_the_governor_doubles_while_the_decoder_waits_and_halves_while_it_holds_back() -> None:
     governor = Governor(8, 2, window=1.0)
     governor.tick(0.0)
     governor.waited(GROW_SHARE + 0.05)
@@ -195,9 +195,13 @@ def test_the_governor_doubles_while_the_decoder_waits_and_halves_while_it_does_n
     assert governor.tick(2.0) and governor.limit == 8
     governor.waited(0.9)
     assert not governor.tick(3.0) and governor.limit == 8  # never above the count asked for
+    # No waiting, no holding back: the decoder catching up through the ranges on disk.
+    assert not governor.tick(4.0) and governor.limit == 8
     governor.waited((GROW_SHARE + SHRINK_SHARE) / 2)
-    assert not governor.tick(4.0)  # between the two: as it was
-    for now, expected in ((5.0, 4), (6.0, 2), (7.0, 1), (8.0, 1)):  # never below one
+    governor.held_back(0.9)
+    assert not governor.tick(5.0)  # it still waited for the network a little
+    for now, expected in ((6.0, 4), (7.0, 2), (8.0, 1), (9.0, 1)):  # never below one
+        governor.held_back(HELD_SHARE + 0.05)
         governor.tick(now)
         assert governor.limit == expected
 
