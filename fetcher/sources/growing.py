@@ -64,6 +64,9 @@ class GrowingDownload:
             position = yield from self._stream_while_it_keeps_up(stream)
             if position is None:
                 return
+            # The parallel download gathers what the stream hands over; batching it here
+            # as well would only keep those bytes from the decoder longer.
+            self._stream.hand_over_as_read()
             with self._lock:
                 self._parallel = self._parallel_from(position, stream)
             handed_over = True  # the stream is the parallel download's to read and close now

@@ -51,8 +51,9 @@ log = logging.getLogger("model-fetch")
 READ_SIZE = 1 << 20
 # Bytes handed over in memory that the decoder has not taken yet, at most (one piece beyond).
 MEMORY_BYTES = 4 << 20
-# How long the decoder's side waits for a READ_SIZE piece to fill (as one stream batches).
-BATCH_SECONDS = 0.05
+# How long the decoder's side waits for a READ_SIZE piece to fill: enough for a fast origin
+# (1 MiB takes 2 ms on loopback), too little to hold back a slow one's bytes.
+BATCH_SECONDS = 0.01
 
 
 @dataclass
@@ -261,7 +262,8 @@ class ParallelDownload:
 
     def _gather(self, position: int) -> None:
         """Give the connection handing bytes over up to BATCH_SECONDS to make READ_SIZE of them:
-        the decoder's side then handles a few large pieces instead of many reads' worth."""
+        the decoder's side then handles a few large pieces instead of many reads' worth, as
+        one stream's batching gives it."""
         if position not in self._memory:
             return
         deadline = self._memory_since + BATCH_SECONDS
