@@ -12,9 +12,10 @@ socket (waiting for a new request's first byte says nothing of throughput, and a
 with bytes queued is short of CPU, which more connections would only share), and how long the
 connection handing bytes over in memory waited for the decoder to take them. Above GROW_SHARE
 of waiting for the network, the connections allowed double; when the decoder hardly waited
-(below SHRINK_SHARE) and held the hand-over back for HELD_SHARE of the window, they halve:
-one connection outruns it. Never below one nor above the count asked for. A decoder that is
-only catching up through the ranges on disk changes nothing: they were worth fetching.
+(below SHRINK_SHARE) and held the hand-over back for HELD_SHARE of SHRINK_AFTER windows in a
+row, they halve: one connection outruns it (a single window of that is the decoder pausing,
+for a checkpoint's flush say). Never below one nor above the count asked for. A decoder that
+is only catching up through the ranges on disk changes nothing: they were worth fetching.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ WINDOW_SECONDS = 0.1
 GROW_SHARE = 0.2
 SHRINK_SHARE = 0.02
 HELD_SHARE = 0.2
+SHRINK_AFTER = 3
 
 
 class Governor:
@@ -33,6 +35,7 @@ class Governor:
         self._since: float | None = None
         self._waited = 0.0
         self._held = 0.0
+        self._calm = 0  # windows in a row that said one connection fewer would do
 
     def waited(self, seconds: float) -> None:
         """The decoder's side waited this long for bytes a connection was sending."""
@@ -53,8 +56,10 @@ class Governor:
         waited, held = self._waited / elapsed, self._held / elapsed
         self._since, self._waited, self._held = now, 0.0, 0.0
         before = self.limit
+        self._calm = self._calm + 1 if waited < SHRINK_SHARE and held > HELD_SHARE else 0
         if waited > GROW_SHARE:
             self.limit = min(self.most, self.limit * 2)
-        elif waited < SHRINK_SHARE and held > HELD_SHARE:
+        elif self._calm >= SHRINK_AFTER:
+            self._calm = 0
             self.limit = max(1, self.limit // 2)
         return self.limit != before

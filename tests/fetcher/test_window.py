@@ -17,7 +17,13 @@ from pathlib import Path
 import crc32c
 import pytest
 
-from fetcher.sources.governor import GROW_SHARE, HELD_SHARE, SHRINK_SHARE, Governor
+from fetcher.sources.governor import (
+    GROW_SHARE,
+    HELD_SHARE,
+    SHRINK_AFTER,
+    SHRINK_SHARE,
+    Governor,
+)
 from fetcher.sources.spill import BLOCK, SpillRun
 from fetcher.state.checkpoint import CHECKPOINT_NAME, HeldRange, StateError, WindowState
 from tests.fetcher.conftest import sha256
@@ -200,10 +206,19 @@ def test_the_governor_doubles_while_the_decoder_waits_and_halves_while_it_holds_
     governor.waited((GROW_SHARE + SHRINK_SHARE) / 2)
     governor.held_back(0.9)
     assert not governor.tick(5.0)  # it still waited for the network a little
-    for now, expected in ((6.0, 4), (7.0, 2), (8.0, 1), (9.0, 1)):  # never below one
-        governor.held_back(HELD_SHARE + 0.05)
-        governor.tick(now)
+    now = 5.0
+    for expected in (4, 2, 1, 1):  # each after SHRINK_AFTER windows of holding back; never 0
+        for _ in range(SHRINK_AFTER):
+            governor.held_back(HELD_SHARE + 0.05)
+            now += 1.0
+            governor.tick(now)
         assert governor.limit == expected
+    governor.held_back(HELD_SHARE + 0.05)
+    governor.tick(now + 1.0)
+    governor.tick(now + 2.0)  # a window without holding back starts the count again
+    governor.held_back(HELD_SHARE + 0.05)
+    governor.waited(GROW_SHARE + 0.05)
+    assert governor.tick(now + 3.0) and governor.limit == 2
 
 
 @pytest.mark.parametrize(
