@@ -11,7 +11,8 @@ decoder waited for bytes a connection had already begun sending, with nothing qu
 socket (waiting for a new request's first byte says nothing of throughput, and a connection
 with bytes queued is short of CPU, which more connections would only share), and how long the
 connection handing bytes over in memory waited for the decoder to take them. Above GROW_SHARE
-of waiting for the network, the connections allowed double; when the decoder hardly waited
+of waiting for the network for GROW_AFTER windows in a row (once is an origin's hiccup), the
+connections allowed double; when the decoder hardly waited
 (below SHRINK_SHARE) and held the hand-over back for HELD_SHARE of SHRINK_AFTER windows in a
 row, they halve: one connection outruns it (a single window of that is the decoder pausing,
 for a checkpoint's flush say). Never below one nor above the count asked for. A decoder that
@@ -25,6 +26,7 @@ GROW_SHARE = 0.2
 SHRINK_SHARE = 0.02
 HELD_SHARE = 0.2
 SHRINK_AFTER = 3
+GROW_AFTER = 2
 
 
 class Governor:
@@ -36,6 +38,7 @@ class Governor:
         self._waited = 0.0
         self._held = 0.0
         self._calm = 0  # windows in a row that said one connection fewer would do
+        self._hungry = 0  # windows in a row that said more would help
 
     def waited(self, seconds: float) -> None:
         """The decoder's side waited this long for bytes a connection was sending."""
@@ -57,7 +60,9 @@ class Governor:
         self._since, self._waited, self._held = now, 0.0, 0.0
         before = self.limit
         self._calm = self._calm + 1 if waited < SHRINK_SHARE and held > HELD_SHARE else 0
-        if waited > GROW_SHARE:
+        self._hungry = self._hungry + 1 if waited > GROW_SHARE else 0
+        if self._hungry >= GROW_AFTER:
+            self._hungry = 0
             self.limit = min(self.most, self.limit * 2)
         elif self._calm >= SHRINK_AFTER:
             self._calm = 0

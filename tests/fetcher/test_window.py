@@ -18,6 +18,7 @@ import crc32c
 import pytest
 
 from fetcher.sources.governor import (
+    GROW_AFTER,
     GROW_SHARE,
     HELD_SHARE,
     SHRINK_AFTER,
@@ -194,31 +195,29 @@ def test_a_spill_run_is_cut_at_block_lines_with_each_piece_s_crc32c() -> None:
 
 def test_the_governor_doubles_while_the_decoder_waits_and_halves_while_it_holds_back() -> None:
     governor = Governor(8, 2, window=1.0)
-    governor.tick(0.0)
-    governor.waited(GROW_SHARE + 0.05)
-    assert governor.tick(1.0) and governor.limit == 4
-    governor.waited(GROW_SHARE + 0.05)
-    assert governor.tick(2.0) and governor.limit == 8
-    governor.waited(0.9)
-    assert not governor.tick(3.0) and governor.limit == 8  # never above the count asked for
-    # No waiting, no holding back: the decoder catching up through the ranges on disk.
-    assert not governor.tick(4.0) and governor.limit == 8
-    governor.waited((GROW_SHARE + SHRINK_SHARE) / 2)
-    governor.held_back(0.9)
-    assert not governor.tick(5.0)  # it still waited for the network a little
-    now = 5.0
-    for expected in (4, 2, 1, 1):  # each after SHRINK_AFTER windows of holding back; never 0
-        for _ in range(SHRINK_AFTER):
-            governor.held_back(HELD_SHARE + 0.05)
+    now = 0.0
+    governor.tick(now)
+
+    def windows(count: int, *, waited: float = 0.0, held: float = 0.0) -> int:
+        nonlocal now
+        for _ in range(count):
+            governor.waited(waited)
+            governor.held_back(held)
             now += 1.0
             governor.tick(now)
-        assert governor.limit == expected
-    governor.held_back(HELD_SHARE + 0.05)
-    governor.tick(now + 1.0)
-    governor.tick(now + 2.0)  # a window without holding back starts the count again
-    governor.held_back(HELD_SHARE + 0.05)
-    governor.waited(GROW_SHARE + 0.05)
-    assert governor.tick(now + 3.0) and governor.limit == 2
+        return governor.limit
+
+    hungry, calm = GROW_SHARE + 0.05, HELD_SHARE + 0.05
+    assert windows(GROW_AFTER - 1, waited=hungry) == 2  # once is an origin's hiccup
+    assert windows(1, waited=hungry) == 4
+    assert windows(GROW_AFTER, waited=hungry) == 8
+    assert windows(GROW_AFTER, waited=0.9) == 8  # never above the count asked for
+    assert windows(5) == 8  # catching up through the ranges on disk: nothing changes
+    assert windows(5, waited=(GROW_SHARE + SHRINK_SHARE) / 2, held=0.9) == 8  # it still waited
+    assert windows(SHRINK_AFTER - 1, held=calm) == 8  # a pause, for a flush say
+    assert windows(1) == 8  # and the count starts again
+    assert windows(SHRINK_AFTER, held=calm) == 4
+    assert windows(3 * SHRINK_AFTER, held=calm) == 1  # never below one
 
 
 @pytest.mark.parametrize(
