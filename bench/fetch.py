@@ -307,7 +307,8 @@ class Result:
         return self.extracted_bytes / self.wall_s / 1e6
 
     @property
-    def cpu_s_per_gb(self) -> float:
+    def cpu_per_gb(self) -> float:
+        """CPU seconds (user + system, the whole process tree) per extracted GB (10^9 bytes)."""
         return self.cpu_s / (self.extracted_bytes / 1e9)
 
 
@@ -528,7 +529,7 @@ def table(results: list[Result], scenario: str, methods: tuple[str, ...]) -> str
     """One row per method: medians of wall time, throughput and CPU; worst peaks."""
     rows = [
         f"| method | wall (s) | extracted MB/s | speed vs {BASELINE} | peak RSS (MiB) "
-        "| peak disk (GiB) | peak disk - extracted (MiB) | CPU (s) | CPU s per extracted GB |",
+        "| peak disk (GiB) | peak disk - extracted (MiB) | CPU (s) | CPU (s/GB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base_wall = _median_wall(results, scenario, BASELINE)
@@ -545,7 +546,7 @@ def table(results: list[Result], scenario: str, methods: tuple[str, ...]) -> str
             f"| {ratio} | {max(r.peak_rss for r in mine) / 2**20:.0f} "
             f"| {peak / 2**30:.2f} | {(peak - mine[0].extracted_bytes) / 2**20:.0f} "
             f"| {statistics.median(r.cpu_s for r in mine):.1f} "
-            f"| {statistics.median(r.cpu_s_per_gb for r in mine):.2f} |"
+            f"| {statistics.median(r.cpu_per_gb for r in mine):.2f} |"
         )
     return "\n".join(rows)
 
@@ -587,6 +588,7 @@ def targets(results: list[Result], buffer_bytes: int) -> list[str]:
         a = statistics.median(r.mb_per_s for r in now)
         b = statistics.median(r.mb_per_s for r in stream)
         lines.append(f"{label}: {_verdict(a >= b)} ({a:.0f} against {b:.0f} MB/s, {a / b:.2f}x)")
+    lines += _parallel_cost_targets(results)
     fetchers = [r for r in results if r.ok and METHODS[r.method].fetcher]
     if fetchers:
         over = [r for r in fetchers if r.peak_disk > r.extracted_bytes + buffer_bytes + SLACK]
@@ -603,6 +605,54 @@ def targets(results: list[Result], buffer_bytes: int) -> list[str]:
         )
     else:
         lines.append(f"- peak disk bound: {_verdict(None)}")
+    return lines
+
+
+PARALLEL_TIME_TARGET = 0.95
+"""Unthrottled: --connections 4 and 8 take at most 1/0.95 of one connection's wall time."""
+PARALLEL_CPU_TARGET = 1.15
+"""Unthrottled: CPU seconds per extracted GB with 8 connections, at most this times one's."""
+DEFAULT_SPEEDUP_TARGETS = {"unthrottled": 1.3, "throttled": 5.8}
+"""The default (--connections auto) against the curl pipeline, per scenario."""
+
+
+def _parallel_cost_targets(results: list[Result]) -> list[str]:
+    """What parallel ranges cost where one connection is enough, and what the default gains."""
+    lines: list[str] = []
+    one = _median_wall(results, "unthrottled", "model-fetch-c1")
+    for name in ("model-fetch-c4", "model-fetch-c8"):
+        label = f"- unthrottled, {name} >= {PARALLEL_TIME_TARGET:g}x the speed of model-fetch-c1"
+        wall = _median_wall(results, "unthrottled", name)
+        if not (one and wall):
+            lines.append(f"{label}: {_verdict(None)}")
+            continue
+        ratio = one / wall
+        lines.append(
+            f"{label}: {_verdict(ratio >= PARALLEL_TIME_TARGET)} ({ratio:.2f}x: {wall:.2f} s "
+            f"against {one:.2f} s)"
+        )
+    c1_cpu = [r.cpu_per_gb for r in _ok(results, "unthrottled", "model-fetch-c1")]
+    c8_cpu = [r.cpu_per_gb for r in _ok(results, "unthrottled", "model-fetch-c8")]
+    label = f"- unthrottled, model-fetch-c8 CPU-s/GB <= {PARALLEL_CPU_TARGET:g}x model-fetch-c1's"
+    if c1_cpu and c8_cpu:
+        a, b = statistics.median(c8_cpu), statistics.median(c1_cpu)
+        lines.append(
+            f"{label}: {_verdict(a <= PARALLEL_CPU_TARGET * b)} ({a / b:.2f}x: {a:.2f} against "
+            f"{b:.2f} s/GB)"
+        )
+    else:
+        lines.append(f"{label}: {_verdict(None)}")
+    for scenario, target in DEFAULT_SPEEDUP_TARGETS.items():
+        label = f"- {scenario}, model-fetch (default) >= {target:g}x {BASELINE}"
+        curl = _median_wall(results, scenario, BASELINE)
+        wall = _median_wall(results, scenario, "model-fetch")
+        if not (curl and wall):
+            lines.append(f"{label}: {_verdict(None)}")
+            continue
+        lines.append(
+            f"{label}: {_verdict(curl / wall >= target)} ({curl / wall:.2f}x: {wall:.2f} s "
+            f"against {curl:.2f} s)"
+        )
     return lines
 
 
@@ -884,7 +934,8 @@ def main(argv: list[str] | None = None) -> int:
                     run_lines.append(
                         f"{sc.name} run {run} {name}: {r.wall_s:.2f} s, {r.mb_per_s:.0f} MB/s, "
                         f"rss {r.peak_rss / 2**20:.0f} MiB, disk {r.peak_disk / 2**30:.2f} GiB, "
-                        f"cpu {r.cpu_s:.1f} s, load {_load()}, {verdict}"
+                        f"cpu {r.cpu_s:.1f} s ({r.cpu_per_gb:.2f} s/GB), load {_load()}, "
+                        f"{verdict}"
                     )
                     print(run_lines[-1], flush=True)
             if args.profile:

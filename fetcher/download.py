@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 
 import httpx
 
@@ -18,12 +19,11 @@ from fetcher.pipeline import Stats, StopRequest, run
 from fetcher.progress import Progress
 from fetcher.request import FetchRequest
 from fetcher.resume import discard_state
-from fetcher.sources import Source, SourceStats, Window
+from fetcher.sources import Source, SourceStats
 from fetcher.sources.growing import GrowingDownload
 from fetcher.sources.partfile import PartFile
 from fetcher.sources.probe import Probe, probe
 from fetcher.sources.ranged import ParallelDownload
-from fetcher.sources.ranges import RangeSet
 from fetcher.sources.stream import MirroredStream
 from fetcher.stages.chain import Stages
 from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint
@@ -98,18 +98,13 @@ def download(
             stats=stats,
         )
 
-        def flush() -> None:
-            sync_directory_tree(request.output)
-            if isinstance(source, Window):
-                source.sync()  # the part file may live on another volume (--workdir)
-
+        # The part file is not flushed: the CRC32C of each range it holds vouches for it.
         checkpointer = Checkpointer(
             request.state_dir / CHECKPOINT_NAME,
             checkpoint,
             interval=request.checkpoint_interval,
             every_bytes=max(request.max_disk_buffer // 4, 1 << 20),
-            flush=flush,
-            flush_window=source.sync if isinstance(source, Window) else lambda: None,
+            flush=lambda: sync_directory_tree(request.output),
         )
         try:
             return run(
@@ -174,7 +169,9 @@ def _source(
         )  # fmt: skip
     identity, origin = probed.identity, probed.origin
 
-    def parallel_from(position: int, *, keep: bool = False) -> ParallelDownload:
+    def parallel_from(
+        position: int, head: Iterator[bytes] | None = None, *, keep: bool = False
+    ) -> ParallelDownload:
         part = PartFile(request.state_dir / "download.part", length, keep=keep)
         return ParallelDownload(
             targets,
@@ -188,12 +185,13 @@ def _source(
             connections=request.connections,
             chunk_size=chunk,
             buffer=request.max_disk_buffer,
-            have=RangeSet(checkpoint.window if keep else ()),
+            held=checkpoint.window.ranges if keep else (),
             start=position,
+            head=head,
             stats=stats,
         )
 
-    holds = resumed and bool(checkpoint.window)
+    holds = resumed and bool(checkpoint.window.ranges)
     if not request.grow_connections or holds:  # a window to reuse: straight to ranges
         return parallel_from(checkpoint.position, keep=resumed)
     return GrowingDownload(

@@ -28,7 +28,7 @@ from fetcher.progress import Progress
 from fetcher.sources import Source, SourceStats, Window
 from fetcher.stages.chain import Stages
 from fetcher.stages.digest import ResumableSha256
-from fetcher.state.checkpoint import history_name, history_serial
+from fetcher.state.checkpoint import WindowState, history_name, history_serial
 from fetcher.state.checkpointer import Checkpointer
 
 STOP_GRACE = 2.0
@@ -194,7 +194,8 @@ class _Saver:
             checkpoint.last_modified = identity.last_modified
         checkpoint.fetched_bytes = self._stats.bytes_received
         held = self._window.holdings() if self._window else []
-        checkpoint.window = [(max(s, keep_from), e) for s, e in held if e > keep_from]
+        # A range cut short at keep_from would not match its CRC32C: it is left out whole.
+        checkpoint.window = WindowState(tuple(r for r in held if r.start >= keep_from))
 
     def _release(self, position: int) -> None:
         if self._window is not None:

@@ -38,7 +38,7 @@ def usable_checkpoint(request: FetchRequest) -> Checkpoint | None:
         f", {len(checkpoint.completed)} more complete on disk" if checkpoint.completed else "",
     )
     if checkpoint.length is not None:
-        held = sum(end - max(start, checkpoint.position) for start, end in checkpoint.window)
+        held = checkpoint.window.total(checkpoint.position)
         missing = checkpoint.length - checkpoint.position - held
         if restore is None:
             log.info(

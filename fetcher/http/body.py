@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
+import socket
+import termios
 import time
 from collections.abc import Callable, Iterator
 
@@ -35,3 +39,25 @@ def paced_body(
                         f"below {policy.low_speed_limit} bytes/s"
                     )
                 window_start, window_bytes, throttled = time.monotonic(), 0, 0.0
+
+
+# A reader that has this much queued in its socket is short of CPU, not of network.
+QUEUED_BYTES = 64 << 10
+
+
+def unread_bytes(response: httpx.Response) -> int | None:
+    """Bytes that reached this response's socket and nobody has read yet; None when unknown.
+
+    Read from any thread while another reads the body: a reader that is waiting with bytes
+    queued waits for a CPU, not for the network.
+    """
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if not isinstance(sock, socket.socket):
+        return None
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, queued)
+    except (OSError, ValueError):  # closed meanwhile
+        return None
+    return queued[0]

@@ -4,7 +4,8 @@ A source is two methods: ``chunks()`` yields the file's bytes in order from the 
 was made for, and ``close()``. Failures it cannot retry past are raised: ``SourceChanged``
 when an origin now serves another file (the fetch then starts over), ``SourceUnreachable``
 when every origin gave up. A source that keeps bytes on disk ahead of the decoder is also a
-``Window``: it says which ranges it holds and takes back the space behind a checkpoint.
+``Window``: it says which ranges it holds (with the CRC32C each was written with, so that no
+flush is needed before a checkpoint names them) and takes back the space behind a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from fetcher.http.exchange import Identity
+from fetcher.state.checkpoint import HeldRange
 
 
 class SourceChanged(Exception):
@@ -42,8 +44,6 @@ class Source(Protocol):
 class Window(Protocol):
     """Bytes held on disk ahead of the decoder, reusable by a later run."""
 
-    def holdings(self) -> list[tuple[int, int]]: ...
+    def holdings(self) -> list[HeldRange]: ...
 
     def release_below(self, position: int) -> None: ...
-
-    def sync(self) -> None: ...

@@ -1,7 +1,7 @@
 """The download window on disk: a sparse file the size of the archive.
 
-Chunks land at their own offsets as they arrive from any connection; the decoder reads them
-in order; space behind the last checkpoint is handed back to the filesystem by punching holes,
+Ranges that arrive ahead of the decoder land at their own offsets; the decoder reads them in
+order; space behind the last checkpoint is handed back to the filesystem by punching holes,
 so the file's physical size stays near the window however large the archive is.
 """
 
@@ -73,9 +73,6 @@ class PartFile:
                 "and the part file may grow to the archive's size",
                 why,
             )
-
-    def sync(self) -> None:
-        os.fsync(self._fd)
 
     def physical_bytes(self) -> int:
         return os.fstat(self._fd).st_blocks * 512

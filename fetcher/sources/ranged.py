@@ -1,10 +1,13 @@
-"""Parallel ranged GETs into the part file, requested in the order the decoder needs them.
+"""Parallel ranged GETs, requested in the order the decoder needs them.
 
 Each connection takes the first missing stretch of the file that nobody is fetching (cut at
 --chunk-size), from the origin with the fewest requests in flight, so mirrors share the work.
-No new range is requested while the bytes downloaded but not yet decoded reach --max-disk-buffer,
-except the one the decoder is waiting for. A failing origin is set aside with backoff; its
-range goes back to the pool and is finished by whichever connection takes it next.
+The bytes the decoder reads next are handed to it in memory, as one stream's are: the
+connection bringing them waits while MEMORY_BYTES of them are still unread. Only bytes that
+arrive ahead of the decoder go through the part file (each run of them with its CRC32C, see
+spill.py), and ranges ahead are requested only while the Governor allows another connection
+and the window on disk stays under --max-disk-buffer. A failing origin is set aside with
+backoff; its range goes back to the pool and is finished by whichever connection takes it next.
 
 Every range must come from the file being assembled: each origin's first answer fixes its
 validators (the probe's for the origin that answered it), later ones are sent as a precondition
@@ -14,16 +17,17 @@ again on the answer; a mismatch raises SourceChanged, which starts the fetch ove
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import httpx
 
 from fetcher.errors import Interrupted
-from fetcher.http.body import paced_body
+from fetcher.http.body import QUEUED_BYTES, paced_body, unread_bytes
 from fetcher.http.exchange import (
     Identity,
     NotSatisfiable,
@@ -36,12 +40,20 @@ from fetcher.http.retry import OriginRefused, Retryable, RetryPolicy, transport_
 from fetcher.http.stores import given_up_line, unreachable
 from fetcher.http.target import Target
 from fetcher.sources import SourceChanged, SourceStats
+from fetcher.sources.governor import Governor
 from fetcher.sources.partfile import PartFile
 from fetcher.sources.ranges import RangeSet
+from fetcher.sources.spill import SpillRun, matches
+from fetcher.state.checkpoint import HeldRange
 
 log = logging.getLogger("model-fetch")
 
 READ_SIZE = 1 << 20
+# Bytes handed over in memory that the decoder has not taken yet, at most (one piece beyond).
+MEMORY_BYTES = 4 << 20
+# How long the decoder's side waits for a READ_SIZE piece to fill: enough for a fast origin
+# (1 MiB takes 2 ms on loopback), too little to hold back a slow one's bytes.
+BATCH_SECONDS = 0.01
 
 
 @dataclass
@@ -52,11 +64,27 @@ class _Origin:
     failures: int = 0
     set_aside_until: float = 0.0
     in_flight: int = 0
+    asked: int = 0  # ranges requested from it so far
     gave_up: str | None = None
 
     @property
     def shown(self) -> str:
         return self.target.shown
+
+
+@dataclass
+class _Task:
+    """A range one connection brings: [start, end), received up to position."""
+
+    start: int
+    end: int
+    position: int
+    spill: SpillRun = field(default_factory=SpillRun)
+    response: httpx.Response | None = None  # while its body is being read
+
+    @property
+    def begun(self) -> bool:
+        return self.position > self.start
 
 
 class ParallelDownload:
@@ -74,10 +102,12 @@ class ParallelDownload:
         connections: int,
         chunk_size: int,
         buffer: int,
-        have: RangeSet,
+        held: Sequence[HeldRange],
         start: int,
+        head: Iterator[bytes] | None = None,
         stats: SourceStats | None = None,
     ) -> None:
+        """head: a stream already open at start, kept on as the first connection."""
         assert identity.length is not None
         self._origins = [_Origin(target) for target in targets]
         self._origins[identity_origin].etag = identity.etag
@@ -89,25 +119,43 @@ class ParallelDownload:
         self._part = part
         self._length = identity.length
         self._connections = connections
+        # A stream that proved to be the wait goes on over all of them; otherwise the range
+        # the decoder reads next and one ahead, until the first window tells whether more help.
+        self._governor = Governor(connections, connections if head is not None else 2)
         self._chunk = chunk_size
         self._buffer = buffer
-        if not part.kept and have.total():
+        held = [r for r in held if r.start >= start]
+        if not part.kept and held:
             # A recreated part file is all holes: what the checkpoint says it held is gone.
             log.warning(
                 "the download window %s was recreated; fetching again the %d bytes the "
                 "checkpoint said it held",
-                part.path, have.total(),
+                part.path, sum(r.end - r.start for r in held),
             )  # fmt: skip
-            have = RangeSet()
-        self._have = have
-        self._in_flight: list[tuple[int, int]] = []
+            held = []
+        # Received and not yet released: in memory at the decoder's position, or on disk.
+        self._have = RangeSet((r.start, r.end) for r in held)
+        self._disk = RangeSet((r.start, r.end) for r in held)
+        self._memory: dict[int, bytes] = {}
+        self._memory_since = 0.0  # when the oldest piece there arrived
+        self._memory_bytes = 0
+        self._held = {r.start: r for r in held}  # what the part file holds, with CRC32Cs
+        # Held by an earlier run: checked against its CRC32C when the decoder gets to it.
+        self._unchecked = dict(self._held)
+        self._unchecked_starts = sorted(self._unchecked)
+        self._mismatch_logged = False
+        self._in_flight: list[_Task] = []
         self._consumed = start
         self._released = start
-        # One lock, two conditions: bytes arriving wake only the consumer, and only what can
-        # change a dispatch decision (consumed, released, a range done, an origin set aside)
-        # wakes the idle workers. One condition for both woke every thread per 64 KiB read.
+        self._head = head
+        # One lock, three conditions: bytes arriving wake only the consumer, the consumer
+        # taking bytes from memory wakes only the connection handing them over, and only what
+        # can change a dispatch decision (released, a range done or dropped, the connections
+        # allowed, an origin set aside) wakes the idle workers; the decoder moving on within
+        # bytes already here changes none. One condition for all woke every thread per read.
         self._lock = threading.RLock()
         self._arrived = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
         self._changed = threading.Condition(self._lock)
         self._error: BaseException | None = None
         self._closing = False
@@ -117,68 +165,246 @@ class ParallelDownload:
     # --- consumer side ---------------------------------------------------------------------
 
     def chunks(self) -> Iterator[bytes]:
-        workers = [
+        threads = [
             threading.Thread(target=self._work, name=f"model-fetch-range-{n}", daemon=True)
             for n in range(self._connections)
         ]
-        self.stats.connections = max(self.stats.connections, self._connections)
-        for worker in workers:
-            worker.start()
+        if self._head is not None:
+            threads.append(self._head_thread(self._head))
+        for thread in threads:
+            thread.start()
         try:
             position = self._consumed
             while position < self._length:
-                end = self._wait_for(position)
-                data = self._part.read_at(position, min(end, position + READ_SIZE) - position)
+                data = self._take(position)
                 position += len(data)
-                with self._lock:
-                    # Counted before the decoder sees them: a checkpoint taken while it works
-                    # through these bytes may release the window up to any point within them.
-                    self._consumed = position
-                    self._changed.notify_all()
                 yield data
         finally:
             with self._lock:
                 self._closing = True
                 self._wake_everyone()
-            for worker in workers:
-                worker.join(timeout=10)
+            for thread in threads:
+                thread.join(timeout=10)
 
     def _wake_everyone(self) -> None:
         self._arrived.notify_all()
+        self._drained.notify_all()
         self._changed.notify_all()
 
-    def _wait_for(self, position: int) -> int:
-        with self._lock:
+    def _take(self, position: int) -> bytes:
+        """The next bytes from position: handed over in memory, else read from the part file."""
+        while True:
+            with self._lock:
+                unchecked = self._wait_for(position)
+                if unchecked is None:
+                    self._gather(position)
+                    data = self._from_memory(position)
+                    if data is not None:
+                        return data
+                    end = min(self._disk.contiguous_end(position), position + READ_SIZE)
+                    index = bisect.bisect_right(self._unchecked_starts, position)
+                    if index < len(self._unchecked_starts):
+                        end = min(end, self._unchecked_starts[index])
+            if unchecked is None:
+                data = self._part.read_at(position, end - position)
+            else:
+                data = self._part.read_at(unchecked.start, unchecked.end - unchecked.start)
+                if not matches(unchecked, data):
+                    self._discard(unchecked)
+                    continue
+            with self._lock:
+                if unchecked is not None:
+                    self._unchecked.pop(unchecked.start, None)
+                    self._unchecked_starts.remove(unchecked.start)
+                # Counted before the decoder sees them: a checkpoint taken while it works
+                # through these bytes may release the window up to any point within them.
+                self._consumed = position + len(data)
+            return data
+
+    def _wait_for(self, position: int) -> HeldRange | None:
+        """Until bytes are there at position; the earlier run's range there, if it is one."""
+        waited_since: float | None = None
+        try:
             while True:
                 if self._error is not None:
                     raise self._error
-                end = self._have.contiguous_end(position)
-                if end > position:
-                    return end
+                if position in self._memory or self._disk.contiguous_end(position) > position:
+                    return self._unchecked.get(position)
                 if self._stop.is_set():
                     raise Interrupted(0, "a stop request")
+                coming = next(
+                    (t for t in self._in_flight if t.begun and t.start <= position < t.end), None
+                )
+                now = time.monotonic()
+                if waited_since is not None:
+                    self._governor.waited(now - waited_since)
+                waited_since = now if coming and self._network_is_the_wait(coming) else None
+                self._govern(now)
                 self._arrived.wait(0.5)
+        finally:
+            now = time.monotonic()
+            if waited_since is not None:
+                self._governor.waited(now - waited_since)
+            self._govern(now)
 
-    def holdings(self) -> list[tuple[int, int]]:
+    @staticmethod
+    def _network_is_the_wait(task: _Task) -> bool:
+        """Whether waiting for this range is waiting for the network: not if its socket holds
+        bytes its connection has had no CPU to read yet (more connections would not help)."""
+        response = task.response
+        queued = unread_bytes(response) if response is not None else None
+        return queued is None or queued < QUEUED_BYTES
+
+    def _govern(self, now: float) -> None:
+        if self._governor.tick(now):
+            log.debug("parallel ranges: up to %d connections", self._governor.limit)
+            self._changed.notify_all()
+
+    def _gather(self, position: int) -> None:
+        """Give the connection handing bytes over up to BATCH_SECONDS to make READ_SIZE of them:
+        the decoder's side then handles a few large pieces instead of many reads' worth, as
+        one stream's batching gives it."""
+        if position not in self._memory:
+            return
+        deadline = self._memory_since + BATCH_SECONDS
+        while True:
+            end = position
+            while end - position < READ_SIZE and (piece := self._memory.get(end)) is not None:
+                end += len(piece)
+            if end - position >= READ_SIZE or self._error is not None or self._closing:
+                return
+            if not any(t.start <= end < t.end for t in self._in_flight):
+                return  # nobody is bringing the bytes that follow
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.wait(remaining)
+
+    def _from_memory(self, position: int) -> bytes | None:
+        pieces: list[bytes] = []
+        size = 0
+        while size < READ_SIZE and (piece := self._memory.pop(position + size, None)):
+            pieces.append(piece)
+            size += len(piece)
+        if not pieces:
+            return None
+        self._memory_bytes -= size
+        self._consumed = position + size
+        self._drained.notify_all()
+        # Copied, so that a connection's pieces die here, in the order they came: each thread
+        # allocates from a heap of its own, which keeps the most it ever held at once.
+        return b"".join(pieces) if len(pieces) > 1 else memoryview(pieces[0]).tobytes()
+
+    def _discard(self, held: HeldRange) -> None:
+        """An earlier run's range whose bytes no longer match: fetched again."""
         with self._lock:
-            return self._have.as_list()
+            if not self._mismatch_logged:
+                self._mismatch_logged = True
+                log.warning(
+                    "bytes %d-%d held in the download window %s do not match the CRC32C they "
+                    "were written with (lost in a crash?): fetching them again",
+                    held.start, held.end - 1, self._part.path,
+                )  # fmt: skip
+            self._unchecked.pop(held.start, None)
+            self._unchecked_starts.remove(held.start)
+            self._held.pop(held.start, None)
+            self._have.remove(held.start, held.end)
+            self._disk.remove(held.start, held.end)
+            self._changed.notify_all()
+
+    def holdings(self) -> list[HeldRange]:
+        with self._lock:
+            return sorted(self._held.values(), key=lambda r: r.start)
 
     def release_below(self, position: int) -> None:
         """Hand back the window's space below position, which no restart will read again."""
         with self._lock:
             start, self._released = self._released, max(self._released, position)
             self._have.remove_below(self._released)
+            self._disk.remove_below(self._released)
+            for held in [r for r in self._held.values() if r.end <= self._released]:
+                del self._held[held.start]
             self._changed.notify_all()
         if self._released > start:
             self._part.release(start, self._released)
 
-    def sync(self) -> None:
-        self._part.sync()
-
     def close(self) -> None:
         self._part.close()
 
-    # --- workers -----------------------------------------------------------------------------
+    # --- connections -------------------------------------------------------------------------
+
+    def _deliver(self, task: _Task, piece: bytes, *, counted: bool = False) -> None:
+        """The bytes at task.position: to the decoder in memory if it reads them next (waiting
+        while it has enough there), else to the part file."""
+        size = len(piece)
+        position = task.position
+        with self._lock:
+            while position == self._have.contiguous_end(self._consumed):
+                if self._memory_bytes < MEMORY_BYTES or not self._memory:
+                    if not self._memory:
+                        self._memory_since = time.monotonic()
+                    self._memory[position] = piece
+                    self._memory_bytes += size
+                    self._received(task, size, counted)
+                    return
+                self._check_stop()
+                since = time.monotonic()
+                self._drained.wait(0.5)
+                if self._consumed in self._memory:
+                    # Not while the decoder catches up through ranges on disk: those were
+                    # worth fetching ahead, and it reaches this one soon.
+                    self._governor.held_back(time.monotonic() - since)
+        # Ahead of the decoder: nobody blocks on these, so they go through the part file.
+        changed = task.spill.extend(position, piece)
+        self._part.write_at(position, piece)
+        with self._lock:
+            self._disk.add(position, position + size)
+            for held in changed:
+                self._held[held.start] = held
+            self._received(task, size, counted)
+
+    def _received(self, task: _Task, size: int, counted: bool) -> None:
+        self._have.add(task.position, task.position + size)
+        task.position += size
+        if not counted:
+            self.stats.bytes_received += size
+        self._arrived.notify()
+
+    def _head_thread(self, head: Iterator[bytes]) -> threading.Thread:
+        """The stream that was open before going parallel brings bytes up to the first range
+        the other connections take: from the grid line after where it is."""
+        position = self._consumed
+        end = min(self._length, (position // self._chunk + 1) * self._chunk)
+        task = _Task(position, end, position)
+        self._in_flight.append(task)
+        return threading.Thread(
+            target=self._feed_head, args=(head, task), name="model-fetch-stream", daemon=True
+        )
+
+    def _feed_head(self, head: Iterator[bytes], task: _Task) -> None:
+        try:
+            for data in head:
+                self._deliver(task, data[: task.end - task.position], counted=True)
+                if task.position >= task.end or self._closing:
+                    break
+        except Interrupted:
+            pass
+        except SourceChanged as error:
+            with self._lock:
+                self._error = self._error or error
+                self._wake_everyone()
+        except Exception as error:  # its range goes back to the pool
+            log.warning(
+                "the stream stopped at byte %d (%s); its range goes to another connection",
+                task.position, error,
+            )  # fmt: skip
+        finally:
+            close = getattr(head, "close", None)
+            if close is not None:
+                close()  # closes the response: the ranges take over from here
+            with self._lock:
+                self._in_flight.remove(task)
+                self._changed.notify_all()
 
     def _work(self) -> None:
         try:
@@ -196,7 +422,7 @@ class ParallelDownload:
                     self._give_up(origin, given_up_line(origin.shown, refused))
                 finally:
                     with self._lock:
-                        self._in_flight = [r for r in self._in_flight if r[1] != task[1]]
+                        self._in_flight.remove(task)
                         origin.in_flight -= 1
                         self._changed.notify_all()
         except BaseException as error:  # handed to the consumer, which reports it
@@ -204,50 +430,51 @@ class ParallelDownload:
                 self._error = self._error or error
                 self._wake_everyone()
 
-    def _next_assignment(self) -> tuple[tuple[int, int], _Origin] | None:
+    def _next_assignment(self) -> tuple[_Task, _Origin] | None:
         with self._lock:
             while True:
                 if self._closing or self._error is not None or self._stop.is_set():
                     return None
                 if self._have.first_gap(self._consumed, self._length) is None:
                     return None
-                task = self._dispatchable()
-                if task is not None:
+                span = self._dispatchable()
+                if span is not None:
                     origin_or_wait = self._pick_origin()
                     if isinstance(origin_or_wait, _Origin):
+                        task = _Task(span[0], span[1], span[0])
                         self._in_flight.append(task)
+                        self.stats.connections = max(self.stats.connections, len(self._in_flight))
                         origin_or_wait.in_flight += 1
+                        origin_or_wait.asked += 1
                         return task, origin_or_wait
                     self._changed.wait(origin_or_wait)
                 else:
                     self._changed.wait(0.5)
 
     def _dispatchable(self) -> tuple[int, int] | None:
-        """The first missing range nobody fetches, if the window allows it."""
-        # The decoder is starved when nothing is held at its position; that range goes unless
-        # the decoded bytes still awaiting a checkpoint fill the window on their own.
-        starved = self._have.contiguous_end(self._consumed) == self._consumed
+        """The first missing range nobody fetches, if the decoder reads it next (it is handed
+        over in memory) or if the connections and the window on disk allow one more ahead."""
         position = self._consumed
         while position < self._length:
             gap = self._have.first_gap(position, self._length)
             if gap is None:
                 return None
             start, end = gap
-            covering = next((r for r in self._in_flight if r[0] <= start < r[1]), None)
+            covering = next((t for t in self._in_flight if t.start <= start < t.end), None)
             if covering is not None:
-                position = covering[1]
+                position = covering.end
                 continue
             grid_end = (start // self._chunk + 1) * self._chunk
-            later = [r[0] for r in self._in_flight if r[0] > start]
+            later = [t.start for t in self._in_flight if t.start > start]
             end = min(end, grid_end, *later)
-            # What the window holds on disk: decoded bytes a checkpoint may still need, bytes
-            # not yet decoded, and bytes on their way.
-            held = self._consumed - self._released + self._have.total(self._consumed)
-            pending = held + sum(e - s for s, e in self._in_flight)
-            behind = self._consumed - self._released  # decoded, awaiting a checkpoint
-            if pending < self._buffer or (
-                starved and start == self._consumed and behind < self._buffer
-            ):
+            if start == self._have.contiguous_end(self._consumed):
+                return start, end
+            if len(self._in_flight) >= self._governor.limit:
+                return None
+            # The window on disk: what it holds (decoded bytes a checkpoint may still need
+            # among them) and what the ranges under way may still add.
+            coming = sum(t.end - t.position for t in self._in_flight)
+            if self._disk.total() + coming < self._buffer:
                 return start, end
             return None
         return None
@@ -263,7 +490,8 @@ class ParallelDownload:
         ready = [o for o in usable if o.set_aside_until <= now]
         if not ready:
             return min(o.set_aside_until for o in usable) - now
-        return min(ready, key=lambda o: (o.in_flight, self._origins.index(o)))
+        # Then the one asked least: mirrors share the work even over one connection at a time.
+        return min(ready, key=lambda o: (o.in_flight, o.asked, self._origins.index(o)))
 
     def _set_aside(self, origin: _Origin, error: Retryable) -> None:
         with self._lock:
@@ -286,8 +514,8 @@ class ParallelDownload:
             self._changed.notify_all()
         log.warning("leaving origin %s", why)
 
-    def _fetch(self, origin: _Origin, task: tuple[int, int]) -> None:
-        start, end = task
+    def _fetch(self, origin: _Origin, task: _Task) -> None:
+        start, end = task.start, task.end
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if origin.etag:
             headers["If-Match"] = origin.etag
@@ -302,18 +530,13 @@ class ParallelDownload:
             ) as response,
         ):
             self._check(origin, response, start, end)
-            position = start
             check_stop = self._check_stop
+            task.response = response
             for data in paced_body(response, self._limiter, self._policy, check_stop):
-                piece = data[: end - position]
-                self._part.write_at(position, piece)
-                with self._lock:
-                    self._have.add(position, position + len(piece))
-                    self.stats.bytes_received += len(piece)
-                    self._arrived.notify()
-                position += len(piece)
-            if position < end:
-                raise Retryable(f"body ended at byte {position} of a range ending at {end}")
+                self._deliver(task, data[: end - task.position])
+            task.response = None
+            if task.position < end:
+                raise Retryable(f"body ended at byte {task.position} of a range ending at {end}")
             with self._lock:
                 self.stats.origin = origin.shown
 

@@ -25,6 +25,24 @@ class RangeSet:
         self._starts[low:high] = [start]
         self._ends[low:high] = [end]
 
+    def remove(self, start: int, end: int) -> None:
+        """Take [start, end) out of the set."""
+        if start >= end:
+            return
+        low = bisect.bisect_right(self._ends, start)
+        high = bisect.bisect_left(self._starts, end)
+        kept_starts: list[int] = []
+        kept_ends: list[int] = []
+        for s, e in zip(self._starts[low:high], self._ends[low:high], strict=True):
+            if s < start:
+                kept_starts.append(s)
+                kept_ends.append(start)
+            if e > end:
+                kept_starts.append(end)
+                kept_ends.append(e)
+        self._starts[low:high] = kept_starts
+        self._ends[low:high] = kept_ends
+
     def remove_below(self, position: int) -> None:
         while self._starts and self._ends[0] <= position:
             del self._starts[0], self._ends[0]

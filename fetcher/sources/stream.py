@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import httpx
 
@@ -76,9 +76,14 @@ class MirroredStream:
         self._position = start
         self._identity = identity
         self._identity_url = targets[0].url if identity else ""
+        self._straight = False
 
     def chunks(self) -> Generator[bytes, None, None]:
-        return _batched(self._unbatched())
+        return _batched(self._unbatched(), lambda: self._straight)
+
+    def hand_over_as_read(self) -> None:
+        """From now on each read goes on at once: whoever reads these chunks batches them."""
+        self._straight = True
 
     def close(self) -> None:
         return None
@@ -188,7 +193,9 @@ class MirroredStream:
             raise Retryable(f"body ended at byte {self._position} of {length}")
 
 
-def _batched(chunks: Generator[bytes, None, None]) -> Generator[bytes, None, None]:
+def _batched(
+    chunks: Generator[bytes, None, None], straight: Callable[[], bool]
+) -> Generator[bytes, None, None]:
     pending: list[bytes] = []
     size = 0
     started = 0.0
@@ -198,7 +205,7 @@ def _batched(chunks: Generator[bytes, None, None]) -> Generator[bytes, None, Non
                 started = time.monotonic()
             pending.append(item)
             size += len(item)
-            if size >= _BATCH_BYTES or time.monotonic() - started >= _BATCH_SECONDS:
+            if size >= _BATCH_BYTES or time.monotonic() - started >= _BATCH_SECONDS or straight():
                 yield b"".join(pending)
                 pending, size = [], 0
         if pending:

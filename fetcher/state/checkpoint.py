@@ -443,6 +443,51 @@ class RestorePoint:
         )
 
 
+# --- the download window ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldRange:
+    """Bytes [start, end) of the archive in the part file, and the CRC32C they were written with.
+
+    Nothing flushes the part file before a checkpoint names its ranges: a range is reused only
+    once its bytes, read back, still give this CRC32C.
+    """
+
+    start: int
+    end: int
+    crc32c: int
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """The ranges of the archive the part file holds ahead of the restore point."""
+
+    VERSION = 1
+    ranges: tuple[HeldRange, ...] = ()
+
+    def total(self, start: int = 0) -> int:
+        return sum(r.end - max(r.start, start) for r in self.ranges if r.end > start)
+
+    def to_json(self) -> Json:
+        return {"v": self.VERSION, "ranges": [[r.start, r.end, r.crc32c] for r in self.ranges]}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "window") -> WindowState:
+        _version(data, where, cls.VERSION)
+        ranges: list[HeldRange] = []
+        for index, entry in enumerate(_list(data, "ranges", where)):
+            if not (isinstance(entry, list) and len(entry) == 3 and all(map(_whole, entry))
+                    and entry[0] < entry[1] and entry[2] < 1 << 32):  # fmt: skip
+                raise StateError(
+                    f"{where}.ranges[{index}] is not [start, end, crc32c] with start < end"
+                )
+            if ranges and entry[0] < ranges[-1].end:
+                raise StateError(f"{where}.ranges[{index}] overlaps or precedes the one before")
+            ranges.append(HeldRange(entry[0], entry[1], entry[2]))
+        return cls(tuple(ranges))
+
+
 @dataclass(frozen=True)
 class CompletedFile:
     """A file finished and flushed after the restore point: a rerun reads past it.
@@ -483,7 +528,7 @@ class Checkpoint:
     restore: RestorePoint | None = None  # None: the stream restarts at byte 0
     completed: dict[int, CompletedFile] = field(default_factory=dict)
     # Byte ranges of the archive held in the part file (parallel downloads).
-    window: list[tuple[int, int]] = field(default_factory=list)
+    window: WindowState = field(default_factory=WindowState)
     fetched_bytes: int = 0
 
     @property
@@ -498,7 +543,7 @@ class Checkpoint:
             "last_modified": self.last_modified,
             "restore": self.restore.to_json() if self.restore else None,
             "completed": [[c.ordinal, c.path, c.size] for c in self.completed.values()],
-            "window": [list(pair) for pair in self.window],
+            "window": self.window.to_json(),
             "fetched_bytes": self.fetched_bytes,
         }
 
@@ -512,14 +557,9 @@ class Checkpoint:
                     and all(_whole(v) for v in (entry[0], entry[2]))):  # fmt: skip
                 raise StateError(f"{at} is not [ordinal, path, size]")
             completed[entry[0]] = CompletedFile(entry[0], entry[1], entry[2])
-        window: list[tuple[int, int]] = []
-        for index, entry in enumerate(_list(body, "window", where)):
-            if not (isinstance(entry, list) and len(entry) == 2 and all(map(_whole, entry))
-                    and entry[0] < entry[1]):  # fmt: skip
-                raise StateError(f"{where}.window[{index}] is not [start, end) with start < end")
-            window.append((entry[0], entry[1]))
+        window = WindowState.from_json(_get(body, "window", where), f"{where}.window")
         length = _optional(body, "length", where, _as_whole)
-        if length is not None and any(end > length for _, end in window):
+        if length is not None and window.ranges and window.ranges[-1].end > length:
             raise StateError(f"{where}.window reaches past the file's {length} bytes")
         restore = _optional(body, "restore", where, RestorePoint.from_json)
         if restore is not None and length is not None and restore.position > length:

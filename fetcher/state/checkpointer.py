@@ -9,10 +9,11 @@ Two clocks, because two kinds of save serve different ends:
 - a *progress* save, taken when no restorable point came for a whole interval, records the
   files finished since and the ranges the window holds, and frees window space that a
   restart would only fetch again;
-- a *window* save, taken when the window received PROGRESS_BYTES since the last save,
-  records only the ranges it holds, so that a kill does not lose what parallel ranges
-  brought ahead of the decoder. It vouches for the part file alone, so it flushes only that
-  file, not the volume.
+- a *window* save, taken when the window received PROGRESS_BYTES (or every_bytes, when
+  smaller) since the last save, records only the ranges it holds, so that a kill does not
+  lose what parallel ranges brought ahead of the decoder. It flushes nothing: each range goes
+  with the CRC32C it was written with, and a later run reuses only those whose bytes still
+  match it.
 
 Saves are never declined. The flush (a syncfs of the volume) and the atomic write run on a
 thread of their own; a save asked for while one is being written waits in a single slot, and
@@ -33,7 +34,7 @@ from fetcher.state.checkpoint import Checkpoint, save_checkpoint
 
 PROGRESS_BYTES = 8 << 20
 # Saves triggered by bytes alone are at least this far apart, so that a fast download does not
-# flush the volume many times a second.
+# write the checkpoint many times a second.
 MIN_SPACING = 0.25
 
 
@@ -41,7 +42,7 @@ MIN_SPACING = 0.25
 class _Save:
     blob: bytes
     then: Callable[[], None]
-    whole_volume: bool = True  # False: only the window's part file needs flushing
+    flush: bool = True  # False: nothing it vouches for needs flushing first
 
 
 class Checkpointer:
@@ -53,14 +54,13 @@ class Checkpointer:
         interval: float,
         every_bytes: int,
         flush: Callable[[], None],
-        flush_window: Callable[[], None] = lambda: None,
     ) -> None:
         self.path = path
         self.checkpoint = checkpoint
         self._interval = interval
         self._every_bytes = every_bytes
+        self._window_bytes = min(PROGRESS_BYTES, every_bytes)
         self._flush = flush
-        self._flush_window = flush_window
         now = time.monotonic()
         # The first restorable point of every run is saved at once. Without a restore point
         # yet, a checkpoint without one then means that no boundary had been passed (which the
@@ -68,6 +68,9 @@ class Checkpointer:
         self._last_restore_at = -math.inf
         self._last_restore_position = checkpoint.position
         self._last_save_at = now
+        # The first window save needs no spacing: a run killed soon after it started keeps the
+        # ranges it brought ahead (it costs no flush).
+        self._spaced_from = -math.inf
         self._received_at_last_save = 0
         self.restore_saves = 0
         self.written = 0
@@ -96,8 +99,8 @@ class Checkpointer:
         """received: bytes brought so far in this run (the caller checks that a window holds
         some of them ahead of the decoder)."""
         return (
-            received - self._received_at_last_save >= PROGRESS_BYTES
-            and time.monotonic() - self._last_save_at >= MIN_SPACING
+            received - self._received_at_last_save >= self._window_bytes
+            and time.monotonic() - self._spaced_from >= MIN_SPACING
         )
 
     # --- what ---------------------------------------------------------------------------
@@ -106,7 +109,7 @@ class Checkpointer:
         """checkpoint.restore was just set to a restorable point: make it durable."""
         self._raise_pending_error()
         self._received_at_last_save = received
-        self._last_restore_at = self._last_save_at = time.monotonic()
+        self._last_restore_at = self._last_save_at = self._spaced_from = time.monotonic()
         self._last_restore_position = self.checkpoint.position
         self.restore_saves += 1
         self._submit(_Save(self.checkpoint.encode(), then))
@@ -115,15 +118,15 @@ class Checkpointer:
         """Files finished and window holdings changed; the restore point stays as it was."""
         self._raise_pending_error()
         self._received_at_last_save = received
-        self._last_save_at = time.monotonic()
+        self._last_save_at = self._spaced_from = time.monotonic()
         self._submit(_Save(self.checkpoint.encode(), then))
 
     def save_window(self, then: Callable[[], None], received: int) -> None:
-        """Only checkpoint.window changed: flush the part file, not the volume."""
+        """Only checkpoint.window changed: its CRC32Cs vouch for it, nothing is flushed."""
         self._raise_pending_error()
         self._received_at_last_save = received
-        self._last_save_at = time.monotonic()
-        self._submit(_Save(self.checkpoint.encode(), then, whole_volume=False))
+        self._last_save_at = self._spaced_from = time.monotonic()
+        self._submit(_Save(self.checkpoint.encode(), then, flush=False))
 
     def wait(self, *, reraise: bool = True) -> None:
         """Until every save asked for is on disk; re-raise what writing one raised."""
@@ -147,7 +150,7 @@ class Checkpointer:
                 save = _Save(
                     save.blob,
                     _both(self._pending.then, save.then),
-                    self._pending.whole_volume or save.whole_volume,
+                    self._pending.flush or save.flush,
                 )
             self._pending = save
             if self._writing:
@@ -166,7 +169,8 @@ class Checkpointer:
                     return
             try:
                 # The files the checkpoint vouches for reach the disk first.
-                (self._flush if save.whole_volume else self._flush_window)()
+                if save.flush:
+                    self._flush()
                 save_checkpoint(self.path, save.blob)
                 self.written += 1
                 save.then()

@@ -7,12 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint, RequestIdentity, decode
+from fetcher.state.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    HeldRange,
+    RequestIdentity,
+    WindowState,
+    decode,
+)
 from fetcher.state.checkpointer import Checkpointer
 
 
 class _Flushes:
-    """Records which flush each write ran; the first one can be held until released."""
+    """Records the volume flushes the writes ran; the first one can be held until released."""
 
     def __init__(self, *, hold_first: bool) -> None:
         self.calls: list[str] = []
@@ -26,11 +33,6 @@ class _Flushes:
         self.started.set()
         self.release.wait(30)
 
-    def window(self) -> None:
-        self.calls.append("window")
-        self.started.set()
-        self.release.wait(30)
-
 
 def _checkpointer(tmp_path: Path, flushes: _Flushes) -> Checkpointer:
     return Checkpointer(
@@ -39,7 +41,6 @@ def _checkpointer(tmp_path: Path, flushes: _Flushes) -> Checkpointer:
         interval=3600,
         every_bytes=1 << 40,
         flush=flushes.volume,
-        flush_window=flushes.window,
     )
 
 
@@ -47,14 +48,18 @@ def _on_disk(tmp_path: Path) -> Checkpoint:
     return decode((tmp_path / CHECKPOINT_NAME).read_bytes())
 
 
-def test_a_window_save_flushes_the_part_file_only(tmp_path: Path) -> None:
+def _window(*ranges: tuple[int, int, int]) -> WindowState:
+    return WindowState(tuple(HeldRange(*r) for r in ranges))
+
+
+def test_a_window_save_flushes_nothing_its_crc32cs_vouch_for_it(tmp_path: Path) -> None:
     flushes = _Flushes(hold_first=False)
     checkpointer = _checkpointer(tmp_path, flushes)
-    checkpointer.checkpoint.window = [(0, 4096)]
+    checkpointer.checkpoint.window = _window((0, 4096, 0xDEADBEEF))
     checkpointer.save_window(then=lambda: None, received=4096)
     checkpointer.wait()
-    assert flushes.calls == ["window"]
-    assert _on_disk(tmp_path).window == [(0, 4096)]
+    assert flushes.calls == []
+    assert _on_disk(tmp_path).window == _window((0, 4096, 0xDEADBEEF))
 
 
 def test_saves_asked_for_during_a_write_are_kept_and_the_stronger_flush_wins(
@@ -64,24 +69,24 @@ def test_saves_asked_for_during_a_write_are_kept_and_the_stronger_flush_wins(
     checkpointer = _checkpointer(tmp_path, flushes)
     released: list[str] = []
     checkpointer.checkpoint.fetched_bytes = 1
-    checkpointer.save_window(then=lambda: released.append("first"), received=1)
+    checkpointer.save_progress(then=lambda: released.append("first"), received=1)
     assert flushes.started.wait(30)  # the first write is in flight, held in its flush
     # Two more while it is: a progress save (needs the volume flushed), then a window save
-    # (needs only the part file) that replaces it in the pending slot.
+    # (needs no flush) that replaces it in the pending slot.
     checkpointer.checkpoint.fetched_bytes = 2
     checkpointer.save_progress(then=lambda: released.append("progress"), received=2)
     checkpointer.checkpoint.fetched_bytes = 3
-    checkpointer.checkpoint.window = [(8192, 16384)]
+    checkpointer.checkpoint.window = _window((8192, 16384, 7))
     checkpointer.save_window(then=lambda: released.append("window"), received=3)
     flushes.release.set()
     checkpointer.wait()
     # Declined saves would leave fetched_bytes at 1; a merge that dropped the progress save's
-    # need would flush only the part file for a checkpoint vouching for finished files.
-    assert flushes.calls == ["window", "volume"]
+    # need would flush nothing for a checkpoint vouching for finished files.
+    assert flushes.calls == ["volume", "volume"]
     assert released == ["first", "progress", "window"]
     saved = _on_disk(tmp_path)
     assert saved.fetched_bytes == 3
-    assert saved.window == [(8192, 16384)]
+    assert saved.window == _window((8192, 16384, 7))
     assert checkpointer.written == 2
 
 
@@ -100,3 +105,18 @@ def test_a_write_that_fails_is_raised_on_the_next_save(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space left"):
         checkpointer.wait()
     assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_the_first_window_save_is_due_at_once_and_later_ones_are_spaced(tmp_path: Path) -> None:
+    checkpointer = Checkpointer(
+        tmp_path / CHECKPOINT_NAME,
+        Checkpoint(RequestIdentity("test", None, "auto")),
+        interval=3600,
+        every_bytes=1 << 20,  # a small window: its saves come every MiB, not every 8
+        flush=lambda: None,
+    )
+    assert not checkpointer.window_due(received=(1 << 20) - 1)
+    assert checkpointer.window_due(received=1 << 20)  # a run killed early keeps its ranges
+    checkpointer.save_window(then=lambda: None, received=1 << 20)
+    assert not checkpointer.window_due(received=4 << 20)  # within MIN_SPACING of that save
+    checkpointer.wait()

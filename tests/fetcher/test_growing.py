@@ -124,7 +124,7 @@ def test_a_kill_after_the_hand_over_resumes_from_the_window(tmp_path: Path) -> N
         while time.monotonic() < deadline:  # a checkpoint that records ranges of the window
             if checkpoint.exists() and json.loads(checkpoint.read_text() or "{}").get(
                 "body", {}
-            ).get("window"):
+            ).get("window", {}).get("ranges"):
                 break
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
@@ -132,7 +132,7 @@ def test_a_kill_after_the_hand_over_resumes_from_the_window(tmp_path: Path) -> N
         reader.join(5)
         assert process.stderr is not None
         process.stderr.close()
-        held = json.loads(checkpoint.read_text())["body"]["window"]
+        held = json.loads(checkpoint.read_text())["body"]["window"]["ranges"]
         assert held, "the checkpoint holds no ranges"
 
         origin.set_faults("/m", None)

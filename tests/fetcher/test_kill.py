@@ -152,8 +152,7 @@ def _still_to_fetch(out: Path, size: int) -> int:
     if checkpoint is None:
         return size
     position = checkpoint.position
-    held = sum(end - max(start, position) for start, end in checkpoint.window if end > position)
-    return max(size - position - held, 1)
+    return max(size - position - checkpoint.window.total(position), 1)
 
 
 @dataclass

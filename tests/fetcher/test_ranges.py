@@ -36,3 +36,17 @@ def test_rangeset_agrees_with_a_set_of_bytes(
     assert ranges.total(cut) == len([b for b in model if b >= cut])
     ranges.remove_below(cut)
     assert {b for s, e in ranges.as_list() for b in range(s, e)} == {b for b in model if b >= cut}
+
+
+@settings(max_examples=300, deadline=None)
+@given(spans, st.integers(0, 260), st.integers(0, 60))
+def test_rangeset_remove_agrees_with_a_set_of_bytes(
+    pairs: list[tuple[int, int]], start: int, size: int
+) -> None:
+    ranges = RangeSet((s, s + n) for s, n in pairs)
+    ranges.remove(start, start + size)
+    expected = _model(pairs) - set(range(start, start + size))
+    merged = ranges.as_list()
+    assert {b for s, e in merged for b in range(s, e)} == expected
+    assert all(s < e for s, e in merged)
+    assert all(merged[i][1] < merged[i + 1][0] for i in range(len(merged) - 1))

@@ -74,7 +74,7 @@ def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_
     assert len(completed) >= 3
     staged = out / ".model-fetch" / "tree"
     before = {name: os.stat(staged / name) for name in completed}
-    held = sum(end - start for start, end in checkpoint["window"])  # type: ignore[attr-defined]
+    held = sum(end - start for start, end, _ in checkpoint["window"]["ranges"])  # type: ignore[index]
     assert held > 0
 
     origin.clear_log()

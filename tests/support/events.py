@@ -57,5 +57,6 @@ def checkpoint_progress(path: Path) -> int:
     if data is None:
         return 0
     restore = data.get("restore") or {}
-    held = sum(int(end) - int(start) for start, end in data.get("window") or [])
+    ranges = (data.get("window") or {}).get("ranges") or []
+    held = sum(int(end) - int(start) for start, end, _ in ranges)
     return max(int(data.get("fetched_bytes") or 0), int(restore.get("position") or 0), held)
