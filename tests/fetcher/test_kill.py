@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,11 +286,15 @@ def _kill_case(tmp: Path, case: Case, connections: str) -> tuple[KillRun, Path]:
         return kill_then_finish(origin, command, out, len(case.archive), shares), out
 
 
-def test_sigkill_at_progress_points_then_restart_until_done(
-    tmp_path: Path, kill_cases: dict[str, Case], capsys: pytest.CaptureFixture[str]
+def run_kill_matrix(
+    tmp_path: Path,
+    runs: list[tuple[Case, str]],
+    max_share_of_restarting: Callable[[Case], float],
+    capsys: pytest.CaptureFixture[str],
+    also: Callable[[Case, KillRun], None] = lambda case, run: None,
 ) -> None:
-    """Every case of the matrix, 20 kills each, then run to completion."""
-    runs = [(kill_cases[name], connections) for name, connections in RUNS]
+    """Each (case, connections) killed KILLS times and run to completion, CASES_AT_ONCE at a
+    time; every failure of every case is reported together."""
     with concurrent.futures.ThreadPoolExecutor(CASES_AT_ONCE) as pool:
         futures = [
             pool.submit(_kill_case, tmp_path / f"{case.name}-{c}", case, c) for case, c in runs
@@ -307,13 +311,26 @@ def test_sigkill_at_progress_points_then_restart_until_done(
             assert run.total_sent <= bound
             # The issue's bound is loose when later attempts fetch little, so also: far less
             # than restarting from byte 0 at every kill would have cost.
-            share = MAX_SHARE_OF_RESTARTING.get(case.name, MAX_SHARE_OF_RESTARTING_FRAMED)
-            assert run.total_sent <= share * run.restart_from_zero
+            assert run.total_sent <= max_share_of_restarting(case) * run.restart_from_zero
             assert run.resumed_at == sorted(run.resumed_at), "a resume went back"
             assert run.last_resume > 0
+            also(case, run)
         except AssertionError as failed:
             failures.append(f"{label}: {failed}")
     assert not failures, "\n".join(failures)
+
+
+def test_sigkill_at_progress_points_then_restart_until_done(
+    tmp_path: Path, kill_cases: dict[str, Case], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every case of the matrix, 20 kills each, then run to completion."""
+    runs = [(kill_cases[name], connections) for name, connections in RUNS]
+    run_kill_matrix(
+        tmp_path,
+        runs,
+        lambda case: MAX_SHARE_OF_RESTARTING.get(case.name, MAX_SHARE_OF_RESTARTING_FRAMED),
+        capsys,
+    )
 
 
 def _pieced_archives(tar: bytes, seed: str, low: int, high: int) -> dict[str, bytes]:
@@ -542,25 +559,4 @@ def test_sigkill_zip_and_tar_lz4_at_progress_points_then_restart_until_done(
     """A zip by Info-ZIP and a tar.lz4 in frames by the lz4 tool, 20 kills each, resumed."""
     cases = _zip_and_lz4_cases(tmp_path / "made")
     runs = [(cases[name], connections) for name, connections in ZIP_LZ4_RUNS]
-    with concurrent.futures.ThreadPoolExecutor(CASES_AT_ONCE) as pool:
-        futures = [
-            pool.submit(_kill_case, tmp_path / f"{case.name}-{c}", case, c) for case, c in runs
-        ]
-        results = [future.result() for future in futures]
-    failures: list[str] = []
-    for (case, connections), (run, out) in zip(runs, results, strict=True):
-        label = f"{case.name}, {connections} connection(s)"
-        bound = kill_bound(len(case.archive), run.kills, case.window, CHECKPOINT_INTERVAL, RATE)
-        report(capsys, label, run, bound)
-        try:
-            assert run.kills == KILLS
-            assert_fetched_right(run, out, case, sha256(case.archive), out.parent)
-            assert run.total_sent <= bound
-            assert run.total_sent <= MAX_SHARE_OF_RESTARTING_ZIP_LZ4[case.name] * (
-                run.restart_from_zero
-            )
-            assert run.resumed_at == sorted(run.resumed_at), "a resume went back"
-            assert run.last_resume > 0
-        except AssertionError as failed:
-            failures.append(f"{label}: {failed}")
-    assert not failures, "\n".join(failures)
+    run_kill_matrix(tmp_path, runs, lambda case: MAX_SHARE_OF_RESTARTING_ZIP_LZ4[case.name], capsys)

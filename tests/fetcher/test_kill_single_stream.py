@@ -9,9 +9,7 @@ of what an attempt has to fetch (see test_kill), never by a clock.
 
 from __future__ import annotations
 
-import concurrent.futures
 import lzma
-import random
 import re
 import subprocess
 import sys
@@ -23,7 +21,6 @@ import zstandard
 
 from tests.fetcher.conftest import sha256
 from tests.fetcher.test_kill import (
-    CHECKPOINT_INTERVAL,
     ISSUE_FLAGS,
     ISSUE_KILLS,
     ISSUE_RATE,
@@ -31,17 +28,13 @@ from tests.fetcher.test_kill import (
     KILLS,
     MIB,
     PATH,
-    RATE,
-    SHARES,
-    TEST_FLAGS,
-    WINDOW,
     Case,
     KillRun,
     assert_fetched_right,
-    kill_bound,
     kill_then_finish,
     mixed_content,
     report,
+    run_kill_matrix,
 )
 from tests.support.archives import write_tree
 from tests.support.origin import Faults, Origin
@@ -116,44 +109,15 @@ def single_stream_cases(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
     return cases
 
 
-def _kill_case(tmp: Path, case: Case, connections: str) -> tuple[KillRun, Path]:
-    rng = random.Random(f"{case.name}/{connections}")
-    shares = [rng.uniform(*SHARES) for _ in range(KILLS)]
-    out = tmp / "out"
-    flags = [*TEST_FLAGS, "--connections", connections]
-    with Origin() as origin:
-        origin.add(PATH, case.archive, faults=Faults(drip_bytes_per_s=RATE))
-        command = [
-            sys.executable, "-m", "fetcher", origin.url(PATH), "-o", str(out),
-            "--sha256", sha256(case.archive), *flags,
-        ]  # fmt: skip
-        return kill_then_finish(origin, command, out, len(case.archive), shares), out
-
-
 def test_sigkill_inside_one_frame_or_member_resumes_inside_it(
     tmp_path: Path, single_stream_cases: list[Case], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = [
-            pool.submit(_kill_case, tmp_path / f"case-{n}", case, "1")
-            for n, case in enumerate(single_stream_cases)
-        ]
-        results = [future.result() for future in futures]
-    failures = []
-    for case, (run, out) in zip(single_stream_cases, results, strict=True):
-        bound = kill_bound(len(case.archive), run.kills, WINDOW, CHECKPOINT_INTERVAL, RATE)
-        report(capsys, case.name, run, bound)
-        try:
-            assert run.kills == KILLS
-            assert_fetched_right(run, out, case, sha256(case.archive), out.parent)
-            assert run.total_sent <= bound
-            assert run.total_sent <= MAX_SHARE_OF_RESTARTING * run.restart_from_zero
-            assert run.resumed_at == sorted(run.resumed_at), "a resume went back"
-            inside = sum(len(INSIDE.findall(log)) for log in run.logs)
-            assert inside >= KILLS // 2, f"only {inside} resumes were inside the stream"
-        except AssertionError as failed:
-            failures.append(f"{case.name}: {failed}")
-    assert not failures, "\n".join(failures)
+    def resumed_inside(case: Case, run: KillRun) -> None:
+        inside = sum(len(INSIDE.findall(log)) for log in run.logs)
+        assert inside >= KILLS // 2, f"only {inside} resumes were inside the stream"
+
+    runs = [(case, "1") for case in single_stream_cases]
+    run_kill_matrix(tmp_path, runs, lambda case: MAX_SHARE_OF_RESTARTING, capsys, resumed_inside)
 
 
 ISSUE_MAX_RATIO = 1.45
