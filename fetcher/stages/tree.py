@@ -356,6 +356,18 @@ class SafeTree:
         self._file_size = open_file.size
         self._skipping = open_file.skipping
         if self._skipping:
+            # Read past: the file must already be whole on disk, or the rest of it is lost.
+            try:
+                parent_fd = self._open_parent(member, member_parts(member))
+            except (OSError, FetchError) as error:
+                raise StateError(
+                    f"the file {member!r} it was reading past is gone ({error})"
+                ) from None
+            if not _is_regular_of_size(parent_fd, parts[-1], open_file.size):
+                raise StateError(
+                    f"the file {member!r} it was reading past is not the complete "
+                    f"{open_file.size}-byte file on disk"
+                )
             return
         try:
             parent_fd = self._open_parent(member, member_parts(member))

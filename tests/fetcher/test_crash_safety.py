@@ -34,7 +34,8 @@ from fetcher.errors import FetchError
 from fetcher.formats import Compression, Layout
 from fetcher.stages.chain import Stages
 from fetcher.stages.digest import ResumableSha256
-from fetcher.stages.tree import RESERVED_NAMES
+from fetcher.stages.tree import RESERVED_NAMES, SafeTree
+from fetcher.state.checkpoint import OpenFile, StateError, TreeState
 from fetcher.state.marker import MARKER_NAME
 from tests.fetcher.conftest import run_fetch, sha256
 from tests.support.archives import Tree, compress, make_tree, py_archive, tree_snapshot, write_tree
@@ -667,3 +668,22 @@ def test_a_checkpoint_naming_a_directory_outside_dir_touches_nothing_there(
     assert beside == ["out"], f"the fetcher created {beside} beside DIR"
     assert jail_mode == 0o750, f"the fetcher changed DIR's parent to mode {jail_mode:o}"
     assert code == 0
+
+
+@pytest.mark.parametrize("on_disk", [b"", b"partial", None], ids=["empty", "short", "missing"])
+def test_a_file_read_past_must_be_whole_on_disk(tmp_path: Path, on_disk: bytes | None) -> None:
+    """A checkpoint saying the open file is being read past (complete from an earlier run) is
+    refused unless that file is on disk at its full size: otherwise the rest of it is lost."""
+    root = tmp_path / "staging"
+    root.mkdir()
+    if on_disk is not None:
+        (root / "weights.bin").write_bytes(on_disk)
+    state = TreeState(0, 0, (), OpenFile(("weights.bin",), 0o644, 3, True, 1000))
+    tree = SafeTree(root, max_bytes=1 << 20)
+    try:
+        with pytest.raises(StateError, match="reading past"):
+            tree.restore(state, {})
+        (root / "weights.bin").write_bytes(b"x" * 1000)
+        tree.restore(state, {})  # whole on disk: read past
+    finally:
+        tree.release()
