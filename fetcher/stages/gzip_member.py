@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from fetcher.errors import CorruptArchive, FetchError
 from fetcher.stages.inflate import WINDOW_SIZE, InflateError, Inflater, InflateUnavailable
-from fetcher.stages.midstream import MidState, RestoreWanted
+from fetcher.stages.midstream import MidState, PointReport, RestoreWanted
 from fetcher.state.checkpoint import StateError
 
 __all__ = ["CODEC", "GzipMembers"]
@@ -137,7 +137,7 @@ class GzipMembers:
         self._length = 0
         self._trailer = bytearray()
         self._resumed_in: int | None = None  # the byte a restore point stopped inside of
-        self._mid: MidState | None = None
+        self._point = PointReport()
 
     # --- restore points -----------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class GzipMembers:
 
     def mid_state(self) -> MidState | None:
         """The state at the point being reported; only valid inside on_boundary."""
-        return self._mid
+        return self._point.state
 
     def _offer_point(self, data: bytes, pos: int, inflater: Inflater) -> None:
         bits = inflater.unused_bits
@@ -179,11 +179,7 @@ class GzipMembers:
             "bits": bits,
             "byte": data[offset] if bits else 0,
         }
-        self._mid = MidState(CODEC, fields, inflater.history())
-        try:
-            self._on_boundary(offset)
-        finally:
-            self._mid = None
+        self._point.report(MidState(CODEC, fields, inflater.history()), self._on_boundary, offset)
 
     # --- decoding -----------------------------------------------------------------------
 

@@ -25,3 +25,18 @@ class MidState:
     codec: str  # "zstd", "gzip" or "xz": the decoder that can take it
     fields: dict[str, Any]  # JSON-safe values; bytes as base64 text
     history: bytes = field(repr=False)  # output the rest of the frame may refer back to
+
+
+class PointReport:
+    """Reports a point inside a frame or member: its MidState is readable (``state``) only
+    while the on_boundary call that announces it runs."""
+
+    def __init__(self) -> None:
+        self.state: MidState | None = None
+
+    def report(self, state: MidState, on_boundary: Callable[[int], None], offset: int) -> None:
+        self.state = state
+        try:
+            on_boundary(offset)
+        finally:
+            self.state = None

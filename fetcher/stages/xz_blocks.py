@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from fetcher.errors import CorruptArchive
-from fetcher.stages.midstream import MidState, RestoreWanted
+from fetcher.stages.midstream import MidState, PointReport, RestoreWanted
 from fetcher.state.checkpoint import StateError
 
 __all__ = ["CODEC", "XzStreams"]
@@ -219,7 +219,7 @@ class XzStreams:
         self._left = 0  # bytes of the current block still to come
         self._block_output = 0
         self._told_whole = False
-        self._mid: MidState | None = None
+        self._point = PointReport()
 
     # --- restore points -----------------------------------------------------------------
 
@@ -243,7 +243,7 @@ class XzStreams:
 
     def mid_state(self) -> MidState | None:
         """The state at the point being reported; only valid inside on_boundary."""
-        return self._mid
+        return self._point.state
 
     def _offer_point(self, pos: int) -> None:
         count, unpadded, uncompressed, size, crc = self._records.summary()
@@ -257,11 +257,7 @@ class XzStreams:
             "records_size": size,
             "records_crc": crc,
         }
-        self._mid = MidState(CODEC, fields, b"")
-        try:
-            self._on_boundary(pos)
-        finally:
-            self._mid = None
+        self._point.report(MidState(CODEC, fields, b""), self._on_boundary, pos)
 
     # --- decoding -----------------------------------------------------------------------
 
