@@ -22,6 +22,9 @@ Boundaries: on_boundary(offset) is called once the frame's last decoded byte has
 with the offset of its end relative to the start of the latest feed() data. A frame decoded
 ahead may finish emitting during a later feed() or in finish(): then the offset is negative
 (the frame ended in an earlier chunk) or, in finish(), relative to the last chunk fed.
+on_frame_scanned(offset) says, during the feed() whose data holds it, where a frame decoded
+on another thread ends, so that whatever goes with that point can be noted while the bytes
+before it are at hand.
 at_boundary is true only when no frame is open or in flight, i.e. everything fed is emitted.
 """
 
@@ -159,17 +162,19 @@ class ParallelZstdDecoder:
         emit: Emit,
         on_boundary: OnBoundary = _ignore_boundary,
         *,
+        on_frame_scanned: OnBoundary = _ignore_boundary,
         workers: int | None = None,
         max_input: int = DEFAULT_MAX_INPUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self._emit = emit
         self._on_boundary = on_boundary
+        self._on_frame_scanned = on_frame_scanned
         self._workers = max(1, workers if workers is not None else available_cpus())
         self._max_in_flight = self._workers + 1
         self._piece = max(1, max_input // 4)
         self._max_input = max_input
-        self._scanner = FrameScanner()
+        self._scanner = FrameScanner(follow_tables=False)  # frames restart only at their ends
         self._shared = _Shared(max_output)
         self._threads: list[threading.Thread] = []
         self._jobs: deque[_Job] = deque()  # admitted, not yet wholly emitted; oldest first
@@ -187,12 +192,6 @@ class ParallelZstdDecoder:
     @property
     def workers(self) -> int:
         return self._workers
-
-    @property
-    def lookback_bytes(self) -> int:
-        """How far behind the data being fed a frame end may still be reported: what the
-        younger frames in flight can have taken in meanwhile."""
-        return self._max_in_flight * (self._max_input + self._shared.max_output)
 
     def mid_state(self) -> MidState | None:
         """Frames restart only at their boundaries here."""
@@ -269,6 +268,7 @@ class ParallelZstdDecoder:
             self._inline_open = False
             self._on_boundary(offset)
             return
+        self._on_frame_scanned(offset)
         job = self._open
         assert job is not None  # a frame's end always follows bytes of it
         self._open = None

@@ -116,7 +116,16 @@ class Continuation:
 
 
 class FrameScanner:
-    def __init__(self, continuation: Continuation | None = None) -> None:
+    """Frame and block ends of a zstd stream; with ``follow_tables`` false, only those.
+
+    Following the entropy tables costs a parse of every compressed block's headers, which only
+    a decoder that resumes inside frames needs.
+    """
+
+    def __init__(
+        self, continuation: Continuation | None = None, *, follow_tables: bool = True
+    ) -> None:
+        self._follow_tables = follow_tables
         self.frames = 0  # complete frames, skippable ones included
         self.in_frame = False
         self.passing = False  # whether the bytes now scanned are block data
@@ -260,7 +269,7 @@ class FrameScanner:
         self.blocks = 0
         self.huffman = None
         self._tables = [None, None, None]
-        self.tracked = True
+        self.tracked = self._follow_tables
         self.decoding = False
         self.offsets = FRAME_START
         self._take(3, self._block_header)
