@@ -8,9 +8,7 @@ the chunk is derived when, and only when, a checkpoint needs it.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from fetcher.formats import Compression, Layout, strip_suffix
@@ -33,19 +31,6 @@ OnRestorable = Callable[[int], None]
 RestoreWanted = Callable[[int], bool]
 # The codec a decoder state names, for each compression that has one.
 CODECS = {Compression.ZSTD: "zstd", Compression.GZIP: "gzip", Compression.XZ: "xz"}
-
-
-@dataclass(frozen=True)
-class _Fed:
-    """A chunk fed to the decoder, and the digest state of every byte before it."""
-
-    start: int
-    hash_before: ResumableSha256
-    data: memoryview
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.data)
 
 
 def _never(position: int) -> None:
@@ -123,10 +108,9 @@ class Stages:
             raise StateError(str(error)) from None
         self._chunk: memoryview = memoryview(b"")
         self._chunk_start = self.bytes
-        # Chunks fed before the current one, as far back as the decoder may still report a
-        # boundary in (one decoding frames ahead on other threads reports them late).
-        self._earlier: deque[_Fed] = deque()
-        self._earlier_bytes = 0
+        # The digest state at each frame end the decoder has scanned but not yet reported (one
+        # decoding frames ahead on other threads reports them late, in a later chunk).
+        self._scanned_ends: dict[int, bytes] = {}
         self._reported_at = -1  # the last position on_restorable was called with
         try:
             self._decoder = AutoDecoder(
@@ -135,6 +119,7 @@ class Stages:
                 self._on_boundary,
                 lambda: self.restore_wanted(self._chunk_start),
                 mid_state,
+                on_frame_scanned=self._on_frame_scanned,
             )
         except StateError:
             self.tree.release()
@@ -160,7 +145,6 @@ class Stages:
 
     def feed(self, chunk: Chunk, hash_before: ResumableSha256) -> None:
         """Decode chunk; hash_before is the digest state of every byte before it."""
-        self._keep_current()
         self._chunk = memoryview(chunk)
         self._chunk_start = self.bytes
         self._hash_before = hash_before
@@ -169,21 +153,21 @@ class Stages:
         if self._decoder.started and self.at_boundary and self._reported_at != self.bytes:
             self._report()
 
-    def _keep_current(self) -> None:
-        lookback = self._decoder.lookback_bytes
-        if lookback and self._chunk:
-            self._earlier.append(_Fed(self._chunk_start, self._hash_before, self._chunk))
-            self._earlier_bytes += len(self._chunk)
-        while self._earlier and self._earlier_bytes - len(self._earlier[0].data) >= lookback:
-            self._earlier_bytes -= len(self._earlier.popleft().data)
+    def _on_frame_scanned(self, offset: int) -> None:
+        """A frame ends at offset in the current chunk; it will be reported once decoded."""
+        hasher = self._hash_before.copy()
+        hasher.update(self._chunk[:offset])
+        self._scanned_ends[self._chunk_start + offset] = hasher.export_state()
 
     def _on_boundary(self, offset: int) -> None:
         """The decoder can be restored at offset in the current chunk (a frame or member end,
         or a point inside one it can carry on from; negative: in an earlier chunk); every
         byte before it is out, none after."""
         position = self._chunk_start + offset
-        if offset < 0 and (not self._earlier or position < self._earlier[0].start):
-            return  # older than any digest state kept: the next boundary will do
+        for older in [end for end in self._scanned_ends if end < position]:
+            del self._scanned_ends[older]
+        if offset < 0 and position not in self._scanned_ends:
+            return  # no digest state kept for it: the next boundary will do
         self.bytes = position
         self._report()
 
@@ -199,11 +183,10 @@ class Stages:
             self._report()
 
     def _hash_state(self) -> bytes:
-        fed = _Fed(self._chunk_start, self._hash_before, self._chunk)
         if self.bytes < self._chunk_start:
-            fed = next(f for f in reversed(self._earlier) if f.start <= self.bytes <= f.end)
-        hasher = fed.hash_before.copy()
-        hasher.update(fed.data[: self.bytes - fed.start])
+            return self._scanned_ends[self.bytes]
+        hasher = self._hash_before.copy()
+        hasher.update(self._chunk[: self.bytes - self._chunk_start])
         return hasher.export_state()
 
     def restore_point(self, history_serial: int) -> tuple[RestorePoint, bytes | None]:

@@ -595,11 +595,15 @@ def resume_decoder(
     return found[1](state, emit, on_boundary, restore_wanted)
 
 
-def parallel_zstd(emit: Emit, on_boundary: OnBoundary) -> Decoder:
+def parallel_zstd(emit: Emit, on_boundary: OnBoundary, on_frame_scanned: OnBoundary) -> Decoder:
     """Frames decoded ahead on as many threads as the CPU quota allows (one: the plain
     decoder, which also resumes inside frames)."""
     decoder = ParallelZstdDecoder(
-        emit, on_boundary, max_input=PARALLEL_MAX_INPUT, max_output=PARALLEL_MAX_OUTPUT
+        emit,
+        on_boundary,
+        on_frame_scanned=on_frame_scanned,
+        max_input=PARALLEL_MAX_INPUT,
+        max_output=PARALLEL_MAX_OUTPUT,
     )
     if decoder.workers == 1:
         decoder.close()
@@ -624,12 +628,17 @@ class AutoDecoder:
         on_boundary: OnBoundary = _ignore_boundary,
         restore_wanted: RestoreWanted = never_wanted,
         mid_state: MidState | None = None,
+        *,
+        on_frame_scanned: OnBoundary = _ignore_boundary,
     ) -> None:
         """mid_state: carry on inside a frame or member (compression must then be given),
-        where there is no magic number to look at."""
+        where there is no magic number to look at. on_frame_scanned: a frame ends at this
+        offset of the data being fed, to be reported by on_boundary only later, once decoded
+        (by a decoder decoding frames ahead on other threads)."""
         self._compression = compression
         self._on_detect = on_detect
         self._on_boundary = on_boundary
+        self._on_frame_scanned = on_frame_scanned
         self._restore_wanted = restore_wanted
         self._head_offset = 0  # bytes of the current feed that were held back as the head
         self._head = bytearray()
@@ -660,6 +669,10 @@ class AutoDecoder:
         if not self._head_offset or offset >= self._head_offset:
             self._on_boundary(offset - self._head_offset)
 
+    def _scanned(self, offset: int) -> None:
+        if offset >= self._head_offset:
+            self._on_frame_scanned(offset - self._head_offset)
+
     def _start(self) -> bytes:
         found = detect_compression(bytes(self._head))
         wanted = self._compression
@@ -673,7 +686,7 @@ class AutoDecoder:
         compression = wanted or found
         emit = self._on_detect(compression)
         if compression is Compression.ZSTD and frames_are_bounded(bytes(self._head)):
-            self._inner = parallel_zstd(emit, self._boundary)
+            self._inner = parallel_zstd(emit, self._boundary, self._scanned)
         else:
             self._inner = make_decoder(compression, emit, self._boundary, self._restore_wanted)
         head = bytes(self._head)
@@ -697,8 +710,3 @@ class AutoDecoder:
 
     def mid_state(self) -> MidState | None:
         return None if self._inner is None else self._inner.mid_state()
-
-    @property
-    def lookback_bytes(self) -> int:
-        """How far behind the data being fed a boundary may still be reported."""
-        return getattr(self._inner, "lookback_bytes", 0)

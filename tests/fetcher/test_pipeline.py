@@ -17,6 +17,7 @@ from fetcher.request import FetchRequest
 from fetcher.sources import SourceStats
 from fetcher.sources.memory import MemorySource
 from fetcher.stages.chain import Stages
+from fetcher.stages.digest import ResumableSha256
 from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint, RequestIdentity, decode
 from fetcher.state.checkpointer import Checkpointer
 from tests.support.archives import make_tree, py_archive, tree_snapshot, write_tree
@@ -115,3 +116,39 @@ def test_memory_source_counts_what_it_serves() -> None:
     assert b"".join(source.chunks()) == b"x" * 7
     assert source.stats.bytes_received == 7
     assert isinstance(source.stats, SourceStats)
+
+
+def test_frame_ends_reported_late_carry_the_digest_at_the_frame_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Frames decoded ahead on other threads are reported once their output is out, often
+    # while a later chunk is being fed: the digest state saved must still be that of the
+    # bytes up to the frame's end, not of the chunk being fed.
+    monkeypatch.setattr("fetcher.stages.zstd_parallel.available_cpus", lambda: 2)
+    stages = Stages(
+        tmp_path / "tree",
+        compression=None,
+        layout=Layout.DETECT,
+        file_name="model",
+        max_extracted=10**9,
+    )
+    points: list[tuple[int, int, bytes]] = []  # (position, chunk start then, digest state)
+    fed_from = 0
+    stages.on_restorable = lambda position: points.append(
+        (position, fed_from, stages.restore_point(0)[0].sha256_state)
+    )
+    hasher = ResumableSha256()
+    chunk = 200_000
+    for fed_from in range(0, len(MULTI_FRAME), chunk):
+        piece = MULTI_FRAME[fed_from : fed_from + chunk]
+        stages.feed(piece, hasher.copy())
+        hasher.update(piece)
+    stages.finish()
+    late = [p for p in points if p[0] < p[1]]
+    assert late, "no frame end was reported after a later chunk was fed"
+    assert len({p[0] for p in points}) >= 25
+    for position, _, state in points:
+        resumed = ResumableSha256.from_state(state)
+        assert resumed.bytes_hashed == position
+        assert resumed.hexdigest() == hashlib.sha256(MULTI_FRAME[:position]).hexdigest()
+    assert tree_snapshot(tmp_path / "tree") == tree_snapshot(write_tree(TREE, tmp_path / "want"))
