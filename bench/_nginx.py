@@ -94,6 +94,12 @@ class Nginx:
         return f"http://127.0.0.1:{self.config.port}/{path.lstrip('/')}"
 
     @property
+    def pid(self) -> int:
+        """The master process's pid, once started."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
     def access_log(self) -> Path:
         return self.config.prefix / "access.log"
 
