@@ -277,13 +277,15 @@ _SECRET_TEXT = st.text(
 
 @given(secret=_SECRET_TEXT)
 def test_redact_hides_any_password_and_any_credential_parameter(secret: str) -> None:
-    for text in (
-        f"https://user:{secret}@host.example.com/path",
-        f'models.example.com/source: "https://user:{secret}@host.example.com/p" is not valid',
-        f"https://host.example.com/p?a=1&X-Amz-Signature={secret}&b=2",
-        f"see https://host.example.com/p#access_token={secret}",
+    for template in (
+        "https://user:{}@host.example.com/path",
+        'models.example.com/source: "https://user:{}@host.example.com/p" is not valid',
+        "https://host.example.com/p?a=1&X-Amz-Signature={}&b=2",
+        "see https://host.example.com/p#access_token={}",
     ):
-        assume(secret not in text.replace(secret, "\0"))
+        # A secret that is also part of the text around it ("http") cannot be told apart.
+        assume(secret not in template.replace("{}", "\0"))
+        text = template.replace("{}", secret)
         redacted = redact(text)
         assert secret not in redacted.replace(MASK, "\0"), (text, redacted)
         assert redact(redacted) == redacted
