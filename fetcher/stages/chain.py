@@ -155,9 +155,13 @@ class Stages:
 
     def _on_frame_scanned(self, offset: int) -> None:
         """A frame ends at offset in the current chunk; it will be reported once decoded."""
+        self._scanned_ends[self._chunk_start + offset] = self._digest_in_chunk(offset)
+
+    def _digest_in_chunk(self, offset: int) -> bytes:
+        """The digest state of every byte before offset in the current chunk."""
         hasher = self._hash_before.copy()
         hasher.update(self._chunk[:offset])
-        self._scanned_ends[self._chunk_start + offset] = hasher.export_state()
+        return hasher.export_state()
 
     def _on_boundary(self, offset: int) -> None:
         """The decoder can be restored at offset in the current chunk (a frame or member end,
@@ -185,9 +189,7 @@ class Stages:
     def _hash_state(self) -> bytes:
         if self.bytes < self._chunk_start:
             return self._scanned_ends[self.bytes]
-        hasher = self._hash_before.copy()
-        hasher.update(self._chunk[: self.bytes - self._chunk_start])
-        return hasher.export_state()
+        return self._digest_in_chunk(self.bytes - self._chunk_start)
 
     def restore_point(self, history_serial: int) -> tuple[RestorePoint, bytes | None]:
         """Every stage's state at self.bytes, and the decoder history to store as the file

@@ -27,14 +27,14 @@ TREE = make_tree(seed=3, n_files=30, total_bytes=3_000_000)
 MULTI_FRAME = py_archive(TREE, "zst", parts=30)
 
 
-def _run(archive: bytes, root: Path, *, chunk_size: int, interval: float) -> Checkpointer:
-    stages = Stages(
-        root / "tree",
-        compression=None,
-        layout=Layout.DETECT,
-        file_name="model",
-        max_extracted=10**9,
+def _stages(tree: Path) -> Stages:
+    return Stages(
+        tree, compression=None, layout=Layout.DETECT, file_name="model", max_extracted=10**9
     )
+
+
+def _run(archive: bytes, root: Path, *, chunk_size: int, interval: float) -> Checkpointer:
+    stages = _stages(root / "tree")
     checkpointer = Checkpointer(
         root / CHECKPOINT_NAME,
         Checkpoint(RequestIdentity("memory", None, "auto")),
@@ -125,13 +125,7 @@ def test_frame_ends_reported_late_carry_the_digest_at_the_frame_end(
     # while a later chunk is being fed: the digest state saved must still be that of the
     # bytes up to the frame's end, not of the chunk being fed.
     monkeypatch.setattr("fetcher.stages.zstd_parallel.available_cpus", lambda: 2)
-    stages = Stages(
-        tmp_path / "tree",
-        compression=None,
-        layout=Layout.DETECT,
-        file_name="model",
-        max_extracted=10**9,
-    )
+    stages = _stages(tmp_path / "tree")
     points: list[tuple[int, int, bytes]] = []  # (position, chunk start then, digest state)
     fed_from = 0
     stages.on_restorable = lambda position: points.append(
