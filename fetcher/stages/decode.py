@@ -595,19 +595,25 @@ def resume_decoder(
     return found[1](state, emit, on_boundary, restore_wanted)
 
 
-def parallel_zstd(emit: Emit, on_boundary: OnBoundary, on_frame_scanned: OnBoundary) -> Decoder:
+def parallel_zstd(
+    emit: Emit,
+    on_boundary: OnBoundary,
+    on_frame_scanned: OnBoundary,
+    restore_wanted: RestoreWanted = never_wanted,
+) -> Decoder:
     """Frames decoded ahead on as many threads as the CPU quota allows (one: the plain
     decoder, which also resumes inside frames)."""
     decoder = ParallelZstdDecoder(
         emit,
         on_boundary,
         on_frame_scanned=on_frame_scanned,
+        restore_wanted=restore_wanted,
         max_input=PARALLEL_MAX_INPUT,
         max_output=PARALLEL_MAX_OUTPUT,
     )
     if decoder.workers == 1:
         decoder.close()
-        return ZstdDecoder(emit, on_boundary)
+        return ZstdDecoder(emit, on_boundary, restore_wanted)
     log.info("the zstd frames announce their sizes: decoding them on %d threads", decoder.workers)
     return decoder
 
@@ -686,7 +692,7 @@ class AutoDecoder:
         compression = wanted or found
         emit = self._on_detect(compression)
         if compression is Compression.ZSTD and frames_are_bounded(bytes(self._head)):
-            self._inner = parallel_zstd(emit, self._boundary, self._scanned)
+            self._inner = parallel_zstd(emit, self._boundary, self._scanned, self._restore_wanted)
         else:
             self._inner = make_decoder(compression, emit, self._boundary, self._restore_wanted)
         head = bytes(self._head)

@@ -26,6 +26,11 @@ on_frame_scanned(offset) says, during the feed() whose data holds it, where a fr
 on another thread ends, so that whatever goes with that point can be noted while the bytes
 before it are at hand.
 at_boundary is true only when no frame is open or in flight, i.e. everything fed is emitted.
+
+A frame decoded ahead would report its end only at a later feed, a chunk or more of the
+download after its bytes arrived: a kill meanwhile loses the frame. So when restore_wanted()
+says a checkpoint is due, feed() waits for the frames that ended in what was fed (they decode
+side by side) and reports the last of those ends before it returns.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import zstandard
 
 from fetcher.cpus import available_cpus
 from fetcher.errors import CorruptArchive
-from fetcher.stages.midstream import MidState
+from fetcher.stages.midstream import MidState, RestoreWanted, never_wanted
 from fetcher.stages.shapes import OUTPUT_CHUNK, Chunk, Emit, OnBoundary
 from fetcher.stages.zstd.blocks import Event, FrameScanner
 
@@ -163,6 +168,7 @@ class ParallelZstdDecoder:
         on_boundary: OnBoundary = _ignore_boundary,
         *,
         on_frame_scanned: OnBoundary = _ignore_boundary,
+        restore_wanted: RestoreWanted = never_wanted,
         workers: int | None = None,
         max_input: int = DEFAULT_MAX_INPUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
@@ -170,6 +176,7 @@ class ParallelZstdDecoder:
         self._emit = emit
         self._on_boundary = on_boundary
         self._on_frame_scanned = on_frame_scanned
+        self._restore_wanted = restore_wanted
         self._workers = max(1, workers if workers is not None else available_cpus())
         self._max_in_flight = self._workers + 1
         self._piece = max(1, max_input // 4)
@@ -214,6 +221,8 @@ class ParallelZstdDecoder:
                 self._take(view[start:])
             self._fed += len(view)
             if self._workers > 1:
+                if self._jobs and self._jobs[0] is not self._open and self._restore_wanted():
+                    self._drain_ended()
                 self._drain(block=False)
         except BaseException:
             self.close()
@@ -340,9 +349,19 @@ class ParallelZstdDecoder:
 
     def _drain(self, *, block: bool) -> None:
         """Emit the oldest jobs' output in order; with block, until every job is through."""
+        while self._jobs and self._drain_head(block=block):
+            pass
+
+    def _drain_ended(self) -> None:
+        """Every frame whose end was fed, emitted (waiting for its worker) and reported."""
+        while self._jobs and self._jobs[0] is not self._open:
+            self._drain_head(block=True)
+
+    def _drain_head(self, *, block: bool) -> bool:
+        """Emit the oldest job's output; True once all of it is out and its end reported."""
         shared = self._shared
-        while self._jobs:
-            head = self._jobs[0]
+        head = self._jobs[0]
+        while True:
             with shared.cond:
                 while block and not head.output and not head.done:
                     shared.cond.wait()
@@ -352,15 +371,16 @@ class ParallelZstdDecoder:
                     shared.cond.notify_all()
             for chunk in chunks:
                 self._emit(memoryview(chunk))
-            if not finished:
-                if block:
-                    continue
-                return
-            if head.error is not None:
-                raise head.error
-            self._jobs.popleft()
-            if head.end is not None:
-                self._on_boundary(head.end - self._feed_start)
+            if finished:
+                break
+            if not block:
+                return False
+        if head.error is not None:
+            raise head.error
+        self._jobs.popleft()
+        if head.end is not None:
+            self._on_boundary(head.end - self._feed_start)
+        return True
 
     def _drain_all(self) -> None:
         if self._open is not None:

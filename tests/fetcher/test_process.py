@@ -111,7 +111,11 @@ def test_peak_memory_does_not_grow_with_the_archive(
     rss_small, rss_large = peaks["small"], peaks["large"]
     print(f"peak RSS: {rss_small} KiB for 64 MiB, {rss_large} KiB for 1 GiB")
     assert rss_large < 100 * 1024, f"peak RSS {rss_large} KiB"
-    assert rss_large - rss_small < 16 * 1024, f"{rss_small} KiB -> {rss_large} KiB"
+    # Holding the archive would add 960 MiB here. What is held by design is the same for both
+    # sizes (4 MiB handed over, a 1 MiB piece per connection, the decoder's chunk), but the
+    # peak of a longer run also catches more of the allocator's per-thread arenas at their
+    # fullest: with four connections the growth measured 7-16 MiB from run to run.
+    assert rss_large - rss_small < 32 * 1024, f"{rss_small} KiB -> {rss_large} KiB"
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

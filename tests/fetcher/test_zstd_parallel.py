@@ -362,3 +362,25 @@ def test_a_buffer_reused_by_the_caller_after_feed() -> None:
         buffer[:] = bytes(len(buffer))  # the caller reads the next chunk into it
     decoder.finish()
     assert bytes(emitted) == b"".join(PARTS)
+
+
+def test_a_wanted_restore_point_comes_in_the_feed_that_ends_the_frame() -> None:
+    """Frames decoded ahead would report their ends a feed late; when a checkpoint is due they
+    must not, or a kill in between loses every frame that had arrived whole."""
+    data = _frames(PARTS)
+    ends = run(False, data, []).boundaries
+    reported: list[tuple[int, int]] = []  # (feed number, stream position)
+    feed = {"number": 0, "start": 0}
+    decoder = ParallelZstdDecoder(
+        lambda chunk: None,
+        lambda offset: reported.append((feed["number"], feed["start"] + offset)),
+        restore_wanted=lambda: True,
+        workers=2,
+    )
+    # One feed per frame, each cut just past that frame's end: the next frame has begun.
+    edges = [0, *(end + 1 for end in ends[:-1]), len(data)]
+    for number, (start, stop) in enumerate(itertools.pairwise(edges)):
+        feed.update(number=number, start=start)
+        decoder.feed(data[start:stop])
+    decoder.finish()
+    assert reported == list(enumerate(ends)), reported
