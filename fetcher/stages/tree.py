@@ -20,8 +20,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PERMISSION_BITS = 0o777  # setuid, setgid and sticky bits are never restored
 _IMPLICIT_DIR_MODE = 0o755
-# Runs of zeros at least this long are left as holes: a file of zeros takes no disk.
-_HOLE_MIN = 4096
+# Pieces of zeros are left as holes, so a file of zeros takes no disk. However short: how the
+# decoder cuts its output depends on how the network cut its input, and a short piece written
+# as data would put blocks of zeros on disk by chance.
 _ZEROS = bytes(1 << 20)
 # The fetcher's own files in DIR (state folder, marker and its temporary, lock): no archive
 # member may reach them, or a symlink named like one could redirect the fetcher's own writes.
@@ -187,7 +188,7 @@ class SafeTree:
         try:
             while data:
                 run = min(len(data), len(_ZEROS))
-                if run >= _HOLE_MIN and _ZEROS.startswith(data[:run]):
+                if _ZEROS.startswith(data[:run]):
                     os.lseek(self._file_fd, run, os.SEEK_CUR)
                     self._hole_pending = True
                     data = data[run:]
