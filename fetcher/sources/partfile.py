@@ -3,6 +3,10 @@
 Ranges that arrive ahead of the decoder land at their own offsets; the decoder reads them in
 order; space behind the last checkpoint is handed back to the filesystem by punching holes,
 so the file's physical size stays near the window however large the archive is.
+
+Connections may still be writing when the download is closed (one blocked on a slow origin
+is not waited for): close() waits for the reads and writes in progress, and later ones raise
+PartFileClosed, so no thread ever uses a descriptor number the process has since reused.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fetcher.errors import OutOfDisk
@@ -18,6 +25,10 @@ from fetcher.state.libc import punch_hole
 log = logging.getLogger("model-fetch")
 
 _BLOCK = 4096
+
+
+class PartFileClosed(Exception):
+    """The download is over: a connection still bringing bytes stops without a word."""
 
 
 class PartFile:
@@ -38,13 +49,30 @@ class PartFile:
         self.length = length
         self._punch_warned = False
         self.released = 0
+        self._users = 0
+        self._closing = False
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def _descriptor(self) -> Iterator[int]:
+        with self._idle:
+            if self._closing:
+                raise PartFileClosed
+            self._users += 1
+        try:
+            yield self._fd
+        finally:
+            with self._idle:
+                self._users -= 1
+                self._idle.notify_all()
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         try:
-            while view:
-                written = os.pwrite(self._fd, view, offset)
-                view, offset = view[written:], offset + written
+            with self._descriptor() as fd:
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfDisk(
@@ -54,7 +82,8 @@ class PartFile:
             raise
 
     def read_at(self, offset: int, size: int) -> bytes:
-        return os.pread(self._fd, size, offset)
+        with self._descriptor() as fd:
+            return os.pread(fd, size, offset)
 
     def release(self, start: int, end: int) -> None:
         """Give [start, end) back to the filesystem (whole blocks only)."""
@@ -62,7 +91,8 @@ class PartFile:
         end = end // _BLOCK * _BLOCK if end < self.length else end
         if end <= start:
             return
-        why = punch_hole(self._fd, start, end - start)
+        with self._descriptor() as fd:
+            why = punch_hole(fd, start, end - start)
         if why is None:
             self.released += end - start
             return
@@ -75,9 +105,13 @@ class PartFile:
             )
 
     def physical_bytes(self) -> int:
-        return os.fstat(self._fd).st_blocks * 512
+        with self._descriptor() as fd:
+            return os.fstat(fd).st_blocks * 512
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._idle:
+            self._closing = True  # no new reads or writes; those in progress are waited for
+            self._idle.wait_for(lambda: not self._users)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -41,7 +41,7 @@ from fetcher.http.stores import given_up_line, unreachable
 from fetcher.http.target import Target
 from fetcher.sources import SourceChanged, SourceStats
 from fetcher.sources.governor import Governor
-from fetcher.sources.partfile import PartFile
+from fetcher.sources.partfile import PartFile, PartFileClosed
 from fetcher.sources.ranges import RangeSet
 from fetcher.sources.spill import SpillRun, matches
 from fetcher.state.checkpoint import HeldRange
@@ -329,6 +329,9 @@ class ParallelDownload:
             self._part.release(start, self._released)
 
     def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake_everyone()
         self._part.close()
 
     # --- connections -------------------------------------------------------------------------
@@ -387,17 +390,18 @@ class ParallelDownload:
                 self._deliver(task, data[: task.end - task.position], counted=True)
                 if task.position >= task.end or self._closing:
                     break
-        except Interrupted:
+        except (Interrupted, PartFileClosed):
             pass
         except SourceChanged as error:
             with self._lock:
                 self._error = self._error or error
                 self._wake_everyone()
         except Exception as error:  # its range goes back to the pool
-            log.warning(
-                "the stream stopped at byte %d (%s); its range goes to another connection",
-                task.position, error,
-            )  # fmt: skip
+            if not self._closing:  # once closing, the stream is being torn down on purpose
+                log.warning(
+                    "the stream stopped at byte %d (%s); its range goes to another connection",
+                    task.position, error,
+                )  # fmt: skip
         finally:
             close = getattr(head, "close", None)
             if close is not None:
@@ -417,6 +421,8 @@ class ParallelDownload:
                     self._fetch(origin, task)
                     origin.failures = 0
                 except Retryable as error:
+                    if self._closing:
+                        return
                     self._set_aside(origin, error)
                 except OriginRefused as refused:
                     self._give_up(origin, given_up_line(origin.shown, refused))
