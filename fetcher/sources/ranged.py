@@ -180,11 +180,14 @@ class ParallelDownload:
                 position += len(data)
                 yield data
         finally:
-            with self._lock:
-                self._closing = True
-                self._wake_everyone()
+            self._stop_connections()
             for thread in threads:
                 thread.join(timeout=10)
+
+    def _stop_connections(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake_everyone()
 
     def _wake_everyone(self) -> None:
         self._arrived.notify_all()
@@ -329,9 +332,7 @@ class ParallelDownload:
             self._part.release(start, self._released)
 
     def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            self._wake_everyone()
+        self._stop_connections()
         self._part.close()
 
     # --- connections -------------------------------------------------------------------------
