@@ -39,6 +39,7 @@ from pathlib import Path
 
 import _apt  # bench/ is on sys.path when this file runs as a script
 import _dataset
+import _floor
 import _nginx
 import _pack
 import psutil
@@ -525,29 +526,47 @@ def _median_wall(results: list[Result], scenario: str, name: str) -> float | Non
     return statistics.median(r.wall_s for r in mine) if mine else None
 
 
-def table(results: list[Result], scenario: str, methods: tuple[str, ...]) -> str:
-    """One row per method: medians of wall time, throughput and CPU; worst peaks."""
+def table(
+    results: list[Result],
+    scenario: str,
+    methods: tuple[str, ...],
+    floor: _floor.Floor | None = None,
+) -> str:
+    """One row per method: medians of wall time, throughput and CPU; worst peaks.
+
+    With the archive's measured floor, a last column gives each method's CPU per GB over it.
+    """
     rows = [
         f"| method | wall (s) | extracted MB/s | speed vs {BASELINE} | peak RSS (MiB) "
-        "| peak disk (GiB) | peak disk - extracted (MiB) | CPU (s) | CPU (s/GB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak disk (GiB) | peak disk - extracted (MiB) | CPU (s) | CPU (s/GB) |"
+        + (" CPU vs floor |" if floor else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if floor else ""),
     ]
     base_wall = _median_wall(results, scenario, BASELINE)
     for name in methods:
         mine = _ok(results, scenario, name)
         if not mine:
-            rows.append(f"| {name} | failed | | | | | | | |")
+            rows.append(f"| {name} | failed | | | | | | | |" + (" |" if floor else ""))
             continue
         wall = statistics.median(r.wall_s for r in mine)
         ratio = f"{base_wall / wall:.2f}x" if base_wall else "-"
         peak = max(r.peak_disk for r in mine)
+        per_gb = statistics.median(r.cpu_per_gb for r in mine)
         rows.append(
             f"| {name} | {wall:.2f} | {statistics.median(r.mb_per_s for r in mine):.0f} "
             f"| {ratio} | {max(r.peak_rss for r in mine) / 2**20:.0f} "
             f"| {peak / 2**30:.2f} | {(peak - mine[0].extracted_bytes) / 2**20:.0f} "
-            f"| {statistics.median(r.cpu_s for r in mine):.1f} "
-            f"| {statistics.median(r.cpu_per_gb for r in mine):.2f} |"
+            f"| {statistics.median(r.cpu_s for r in mine):.1f} | {per_gb:.2f} |"
+            + (f" {per_gb / floor.cpu_s_per_gb:.2f}x |" if floor else "")
         )
+    if floor:
+        rows += [
+            "",
+            f"The floor (bench/floor.py, {floor.measured}): {floor.cpu_s_per_gb:.2f} CPU-s/GB, "
+            f"{floor.wall_s:.2f} s of wall time on this machine's cores.",
+        ]
+    else:
+        rows += ["", "No floor measured for this archive: run bench/floor.py with its options."]
     return "\n".join(rows)
 
 
@@ -893,6 +912,7 @@ def main(argv: list[str] | None = None) -> int:
     headers: dict[str, str] = {}
     titles: dict[str, str] = {}
     extracted: dict[str, int] = {}
+    floors: dict[str, _floor.Floor | None] = {}
     raws: dict[str, Path] = {}
     for sc in args.scenarios:
         if args.archive == "pack":
@@ -900,6 +920,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dataset = _dataset.ensure(WORK / "data", sizes[sc.name], args.seed, keep=keep)
         extracted[sc.name] = dataset.extracted_bytes
+        floors[sc.name] = _floor.load(dataset.sha256)
         config = _nginx.NginxConfig(
             root=dataset.archive.parent,
             prefix=WORK / "nginx",
@@ -961,7 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, --max-disk-buffer {args.max_disk_buffer}",
     ]
     for sc in args.scenarios:
-        report += ["", headers[sc.name], "", table(results, sc.name, sc.methods)]
+        report += ["", headers[sc.name], "", table(results, sc.name, sc.methods, floors[sc.name])]
     report += ["", "Targets:", "", *targets(results, args.buffer_bytes)]
     report += ["", "```", *run_lines, "```"]
     for key, raw in raws.items():

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import _dataset  # bench/ is on sys.path when this file runs as a script
+import _floor
 import _nginx
 import _pack
 import psutil
@@ -186,6 +187,10 @@ def main() -> int:
         f"wall-time floor on {cores} cores: {wall:.2f} s "
         f"({dataset.extracted_bytes / 1e6 / wall:.0f} MB/s extracted)"
     )
+    saved = _floor.save(
+        _floor.Floor(dataset.sha256, total / gb, wall, medians, time.strftime("%Y-%m-%d"))
+    )
+    print(f"saved for bench/fetch.py's CPU vs floor column: {saved}")
     return 0
 
 
