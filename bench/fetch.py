@@ -559,15 +559,22 @@ def table(
             f"| {statistics.median(r.cpu_s for r in mine):.1f} | {per_gb:.2f} |"
             + (f" {per_gb / floor.cpu_s_per_gb:.2f}x |" if floor else "")
         )
-    if floor:
-        rows += [
-            "",
-            f"The floor (bench/floor.py, {floor.measured}): {floor.cpu_s_per_gb:.2f} CPU-s/GB, "
-            f"{floor.wall_s:.2f} s of wall time on this machine's cores.",
-        ]
-    else:
-        rows += ["", "No floor measured for this archive: run bench/floor.py with its options."]
     return "\n".join(rows)
+
+
+def floor_note(floor: _floor.Floor | None, size_gib: float, archive: str, seed: int) -> str:
+    """The floor the table is held against, or what to run so that the next report has one."""
+    if floor:
+        return (
+            f"The floor (bench/floor.py, {floor.measured}): {floor.cpu_s_per_gb:.2f} CPU-s/GB, "
+            f"{floor.wall_s:.2f} s of wall time on this machine's cores."
+        )
+    if seed != 1:
+        return f"No floor for seed {seed}: bench/floor.py measures the seed-1 archive only."
+    return (
+        "No floor measured for this archive: run "
+        f"`.venv/bin/python bench/floor.py --size-gib {size_gib:g} --archive {archive}`."
+    )
 
 
 def _verdict(met: bool | None) -> str:
@@ -982,7 +989,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, --max-disk-buffer {args.max_disk_buffer}",
     ]
     for sc in args.scenarios:
-        report += ["", headers[sc.name], "", table(results, sc.name, sc.methods, floors[sc.name])]
+        floor = floors[sc.name]
+        report += ["", headers[sc.name], "", table(results, sc.name, sc.methods, floor)]
+        report += ["", floor_note(floor, sc.size_gib, args.archive, args.seed)]
     report += ["", "Targets:", "", *targets(results, args.buffer_bytes)]
     report += ["", "```", *run_lines, "```"]
     for key, raw in raws.items():
