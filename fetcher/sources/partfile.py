@@ -104,10 +104,6 @@ class PartFile:
                 why,
             )
 
-    def physical_bytes(self) -> int:
-        with self._descriptor() as fd:
-            return os.fstat(fd).st_blocks * 512
-
     def close(self) -> None:
         with self._idle:
             self._closing = True  # no new reads or writes; those in progress are waited for
