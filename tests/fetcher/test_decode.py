@@ -138,6 +138,60 @@ def test_boundaries_are_reported_between_frames_and_members() -> None:
     assert not gz.at_boundary
 
 
+def _two_streams(compression: Compression) -> bytes:
+    import lz4.frame
+
+    compress = {
+        Compression.ZSTD: zstandard.ZstdCompressor().compress,
+        Compression.GZIP: gzip.compress,
+        Compression.XZ: lzma.compress,
+        Compression.BZIP2: bz2.compress,
+        Compression.LZ4: lz4.frame.compress,
+    }[compression]
+    return compress(PAYLOAD_A) + compress(PAYLOAD_B)
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [Compression.ZSTD, Compression.GZIP, Compression.XZ, Compression.BZIP2, Compression.LZ4],
+)
+@pytest.mark.parametrize("tail_length", [1, 2, 3])
+def test_a_stream_ending_inside_the_next_magic_is_cut_short(
+    compression: Compression, tail_length: int
+) -> None:
+    """One to three bytes of another frame's magic after whole frames are not an end."""
+    data = _two_streams(compression)
+    cut = data + data[:tail_length]
+    decoder = make_decoder(compression, lambda piece: None)
+    with pytest.raises(CorruptArchive, match="ended inside"):
+        for start in range(0, len(cut), 4096):
+            decoder.feed(cut[start : start + 4096])
+        decoder.finish()
+
+
+@pytest.mark.parametrize("tail", [b"\x50", b"\x50\x2a\x4d", b"abc", b"\x01"])
+def test_zstd_ending_in_a_few_bytes_that_begin_no_frame_is_corrupt(tail: bytes) -> None:
+    decoder = make_decoder(Compression.ZSTD, lambda piece: None)
+    decoder.feed(_two_streams(Compression.ZSTD) + tail)
+    with pytest.raises(CorruptArchive, match="ended inside frame 3"):
+        decoder.finish()
+
+
+@pytest.mark.parametrize("begun", [1, 2, 3, 4])
+def test_a_zstd_frame_is_open_from_its_first_byte(begun: int) -> None:
+    """A restore point after part of the next magic would resume inside that magic."""
+    zstd = zstandard.ZstdCompressor()
+    first, second = zstd.compress(PAYLOAD_A), zstd.compress(PAYLOAD_B)
+    decoder = make_decoder(Compression.ZSTD, lambda piece: None)
+    decoder.feed(first)
+    assert decoder.at_boundary
+    decoder.feed(second[:begun])
+    assert not decoder.at_boundary
+    decoder.feed(second[begun:])
+    assert decoder.at_boundary
+    decoder.finish()
+
+
 @pytest.mark.parametrize(
     ("compression", "damaged"),
     [

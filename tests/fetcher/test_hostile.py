@@ -156,6 +156,28 @@ def test_a_compressed_stream_that_stops_short_is_truncated(
     _one_line_failure(capsys, tmp_path)
 
 
+def _streamed_zstd(data: bytes) -> bytes:
+    """As `tar -I zstd` writes it: no content size, so the single-thread decoder reads it."""
+    stream = zstandard.ZstdCompressor(write_content_size=False, write_checksum=True).compressobj()
+    return stream.compress(data) + stream.flush()
+
+
+@pytest.mark.parametrize("made", ["sized", "streamed"])
+@pytest.mark.parametrize(
+    "tail", [b"\x28", b"\x28\xb5\x2f", b"ab"], ids=["1-of-magic", "3-of-magic", "junk"]
+)
+def test_a_few_bytes_after_the_last_zstd_frame_are_refused_even_when_the_digest_agrees(
+    origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str], tail: bytes, made: str
+) -> None:
+    whole = py_archive(TREE, "zst") if made == "sized" else _streamed_zstd(GOOD_TAR)
+    archive = whole + tail
+    origin.add("/m.tar.zst", archive)
+    code, _ = _fetch(origin, tmp_path, "/m.tar.zst", "--sha256", sha256(archive))
+    assert code == 4
+    reported = _one_line_failure(capsys, tmp_path)
+    assert "zstd stream" in reported and "frame 2" in reported, reported
+
+
 def test_a_body_under_a_foreign_content_encoding_is_refused(
     origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

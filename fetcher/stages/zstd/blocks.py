@@ -216,6 +216,10 @@ class FrameScanner:
                     if position == end:
                         return
                     piece = view[position : position + wanted]
+                    if not self._pending and self._step == self._magic:
+                        # A frame begins with its first byte: a stream that ends, or a restore
+                        # point taken, after one to three bytes of a magic is inside it.
+                        self.in_frame = True
                     self._pending += piece
                     position += len(piece)
                     if len(piece) < wanted:
