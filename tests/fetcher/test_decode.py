@@ -15,6 +15,7 @@ from fetcher.errors import CorruptArchive
 from fetcher.formats import Compression, detect_compression
 from fetcher.stages.decode import AutoDecoder, make_decoder
 from fetcher.stages.shapes import OUTPUT_CHUNK, Emit
+from tests.support.archives import compress, zstd_streamed
 
 PAYLOAD_A = random.Random(1).randbytes(200_000) * 3
 PAYLOAD_B = b"model weights " * 150_000
@@ -26,7 +27,7 @@ def _python_streams() -> dict[str, tuple[Compression, bytes]]:
     return {
         "zstd-single-frame": (Compression.ZSTD, zstd.compress(PAYLOAD)),
         "zstd-multi-frame": (Compression.ZSTD, zstd.compress(PAYLOAD_A) + zstd.compress(PAYLOAD_B)),
-        "zstd-streamed-no-size": (Compression.ZSTD, _zstd_without_content_size(PAYLOAD)),
+        "zstd-streamed-no-size": (Compression.ZSTD, zstd_streamed(PAYLOAD)),
         "gzip-single-member": (Compression.GZIP, gzip.compress(PAYLOAD)),
         "gzip-multi-member": (
             Compression.GZIP,
@@ -41,12 +42,6 @@ def _python_streams() -> dict[str, tuple[Compression, bytes]]:
         ),
         "identity": (Compression.NONE, PAYLOAD),
     }
-
-
-def _zstd_without_content_size(data: bytes) -> bytes:
-    compressor = zstandard.ZstdCompressor(write_content_size=False, write_checksum=True)
-    stream = compressor.compressobj()
-    return stream.compress(data) + stream.flush()
 
 
 def _tool_streams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Compression, bytes]]:
@@ -138,19 +133,6 @@ def test_boundaries_are_reported_between_frames_and_members() -> None:
     assert not gz.at_boundary
 
 
-def _two_streams(compression: Compression) -> bytes:
-    import lz4.frame
-
-    compress = {
-        Compression.ZSTD: zstandard.ZstdCompressor().compress,
-        Compression.GZIP: gzip.compress,
-        Compression.XZ: lzma.compress,
-        Compression.BZIP2: bz2.compress,
-        Compression.LZ4: lz4.frame.compress,
-    }[compression]
-    return compress(PAYLOAD_A) + compress(PAYLOAD_B)
-
-
 @pytest.mark.parametrize(
     "compression",
     [Compression.ZSTD, Compression.GZIP, Compression.XZ, Compression.BZIP2, Compression.LZ4],
@@ -160,7 +142,7 @@ def test_a_stream_ending_inside_the_next_magic_is_cut_short(
     compression: Compression, tail_length: int
 ) -> None:
     """One to three bytes of another frame's magic after whole frames are not an end."""
-    data = _two_streams(compression)
+    data = compress(PAYLOAD, compression.value, parts=2)
     cut = data + data[:tail_length]
     decoder = make_decoder(compression, lambda piece: None)
     with pytest.raises(CorruptArchive, match="ended inside"):
@@ -172,7 +154,7 @@ def test_a_stream_ending_inside_the_next_magic_is_cut_short(
 @pytest.mark.parametrize("tail", [b"\x50", b"\x50\x2a\x4d", b"abc", b"\x01"])
 def test_zstd_ending_in_a_few_bytes_that_begin_no_frame_is_corrupt(tail: bytes) -> None:
     decoder = make_decoder(Compression.ZSTD, lambda piece: None)
-    decoder.feed(_two_streams(Compression.ZSTD) + tail)
+    decoder.feed(compress(PAYLOAD, "zst", parts=2) + tail)
     with pytest.raises(CorruptArchive, match="ended inside frame 3"):
         decoder.finish()
 

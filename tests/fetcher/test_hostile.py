@@ -25,7 +25,7 @@ from fetcher.request import FetchRequest
 from fetcher.state.files import write_atomically
 from fetcher.state.marker import MARKER_NAME
 from tests.fetcher.conftest import FAST_RETRIES, run_fetch, sha256
-from tests.support.archives import py_archive, tree_snapshot, write_tree
+from tests.support.archives import py_archive, tree_snapshot, write_tree, zstd_streamed
 from tests.support.origin import Faults, Origin
 
 TREE = {"weights.bin": b"w" * 200_000, "config.json": b'{"layers": 2}'}
@@ -156,12 +156,6 @@ def test_a_compressed_stream_that_stops_short_is_truncated(
     _one_line_failure(capsys, tmp_path)
 
 
-def _streamed_zstd(data: bytes) -> bytes:
-    """As `tar -I zstd` writes it: no content size, so the single-thread decoder reads it."""
-    stream = zstandard.ZstdCompressor(write_content_size=False, write_checksum=True).compressobj()
-    return stream.compress(data) + stream.flush()
-
-
 @pytest.mark.parametrize("made", ["sized", "streamed"])
 @pytest.mark.parametrize(
     "tail", [b"\x28", b"\x28\xb5\x2f", b"ab"], ids=["1-of-magic", "3-of-magic", "junk"]
@@ -169,7 +163,7 @@ def _streamed_zstd(data: bytes) -> bytes:
 def test_a_few_bytes_after_the_last_zstd_frame_are_refused_even_when_the_digest_agrees(
     origin: Origin, tmp_path: Path, capsys: pytest.CaptureFixture[str], tail: bytes, made: str
 ) -> None:
-    whole = py_archive(TREE, "zst") if made == "sized" else _streamed_zstd(GOOD_TAR)
+    whole = py_archive(TREE, "zst") if made == "sized" else zstd_streamed(GOOD_TAR)
     archive = whole + tail
     origin.add("/m.tar.zst", archive)
     code, _ = _fetch(origin, tmp_path, "/m.tar.zst", "--sha256", sha256(archive))

@@ -174,6 +174,13 @@ def compress(
     return bytes(out)
 
 
+def zstd_streamed(data: bytes) -> bytes:
+    """One zstd frame as ``tar -I zstd`` or any pipe writes it: no content size in its header
+    (so the fetcher reads it with the single-thread decoder), a content checksum."""
+    stream = zstandard.ZstdCompressor(write_content_size=False, write_checksum=True).compressobj()
+    return stream.compress(data) + stream.flush()
+
+
 def py_archive(
     tree: Tree,
     codec: Codec = "zst",
