@@ -55,7 +55,7 @@ from tests.support.objectstores import (
     s3_with_iam,
     service_account_key,
 )
-from tests.support.origin import Faults, Origin
+from tests.support.origin import Faults, Origin, TLSOrigin
 from tests.webhook.certs import issue, make_authority
 from tests.webhook.restricted import restricted_violations
 
@@ -400,26 +400,6 @@ def test_deployment_pod_gets_its_model_through_the_injected_init_container(
 def _root_ca() -> dict[str, dict[str, str]]:
     """kube-root-ca.crt, which the apiserver's service-account volume projects into apps."""
     return {"kube-root-ca.crt": {"ca.crt": "-----BEGIN CERTIFICATE-----\n(simulated)\n"}}
-
-
-class TLSOrigin(Origin):
-    """The test origin behind HTTPS, with a certificate from a CA of its own."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        super().__init__()
-        self._tls = context
-
-    def start(self) -> TLSOrigin:
-        super().start()
-        server = self._server
-        assert server is not None
-        # Same file descriptor, so the serving loop started above accepts TLS from now on.
-        server.socket = self._tls.wrap_socket(server.socket, server_side=True)
-        return self
-
-    @property
-    def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
 
 
 def test_credentials_secret_reaches_only_the_fetch_container(

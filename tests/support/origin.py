@@ -48,6 +48,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -61,7 +62,7 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit
 
-__all__ = ["AUTO", "BodyHook", "Faults", "KillSwitch", "Origin", "RequestRecord"]
+__all__ = ["AUTO", "BodyHook", "Faults", "KillSwitch", "Origin", "RequestRecord", "TLSOrigin"]
 
 
 class _Auto(enum.Enum):
@@ -874,3 +875,23 @@ class Origin:
             ("Content-Length", str(len(body))),
         ]
         return _Plan(status, all_headers, body)
+
+
+class TLSOrigin(Origin):
+    """The test origin behind HTTPS, with a certificate from a CA of its own."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self._tls = context
+
+    def start(self) -> TLSOrigin:
+        super().start()
+        server = self._server
+        assert server is not None
+        # Same file descriptor, so the serving loop started above accepts TLS from now on.
+        server.socket = self._tls.wrap_socket(server.socket, server_side=True)
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
