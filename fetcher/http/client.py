@@ -18,7 +18,8 @@ from fetcher.urls import redact
 # httpcore and httpx in Python, holding the GIL. Model archives are large, so larger reads
 # cut that per-byte cost by a factor: on loopback, one connection went from 4.3 s to 3.1 s
 # for 1.4 GiB, four from 5.9 s to 4.6 s (docs/benchmarks.md). Larger still gained little more
-# and added a MiB of memory per connection.
+# and added a MiB of memory per connection. (The single stream's body skips this stack
+# altogether: fetcher.http.wire reads it off the connection.)
 READ_SIZE = 256 * 1024
 MAX_REDIRECTS = 10
 

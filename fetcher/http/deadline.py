@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import httpcore
 import httpx
 
+from fetcher.http.wire import WireStream
+
 _local = threading.local()
 
 
@@ -113,7 +115,9 @@ class DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        stream = WireStream(
+            self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        )
         if getattr(_local, "deadline", None) is not None:
             # Connecting has a timeout of its own; the head's budget starts once connected.
             _local.deadline = time.monotonic() + _local.budget
@@ -125,7 +129,8 @@ class DeadlineBackend(httpcore.NetworkBackend):
         timeout: float | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+        stream = self._inner.connect_unix_socket(path, timeout, socket_options)
+        return _DeadlineStream(WireStream(stream))
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)

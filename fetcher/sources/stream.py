@@ -179,7 +179,8 @@ class MirroredStream:
             yield from self._body(response, skip, served.identity.length)
 
     def _body(self, response: httpx.Response, skip: int, length: int | None) -> Iterator[bytes]:
-        for received in paced_body(response, self._limiter, self._policy, self._check_stop):
+        body = paced_body(response, self._limiter, self._policy, self._check_stop, direct=True)
+        for received in body:
             chunk = received
             if skip:
                 if len(chunk) <= skip:

@@ -61,6 +61,18 @@ def test_ranges_are_requested_in_order_over_several_connections(
     assert origin.bytes_sent("/m") == len(ARCHIVE) + 1  # the one-byte probe
 
 
+def test_ranges_reuse_their_connections(origin: Origin, tmp_path: Path) -> None:
+    # A range's body goes through the HTTP parser, so its connection stays open for the next
+    # range: on a distant origin a new connection per range would cost a TCP and a TLS
+    # handshake each. (The single stream reads its body off the connection, which then closes.)
+    origin.add("/m", ARCHIVE)
+    out = tmp_path / "out"
+    assert run_fetch(origin.url("/m"), "-o", out, *PARALLEL, "--chunk-size", "64K") == 0
+    ranges = [r for r in origin.requests if r.headers.get("range") != "bytes=0-0"]
+    assert len(ranges) == len(range(0, len(ARCHIVE), 64_000))
+    assert len({r.connection for r in ranges}) <= 8 < len(ranges)
+
+
 def test_mirrors_share_the_work_and_a_dying_mirror_is_left(
     tmp_path: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,0 +1,147 @@
+"""Reading a response body straight off the connection, past the HTTP client's parser.
+
+httpx parses a body through h11 and httpcore, which copy every byte three times in Python
+(h11 appends each read to a buffer, slices it, httpcore turns the slice into ``bytes``) and
+hold the GIL for each step; for a model archive that is most of the network thread's own work
+and time the decoder and the file writes wait for the GIL. A body sent with a Content-Length
+and no Transfer-Encoding is just the next Content-Length bytes on the connection, so it can
+be read there directly, in large pieces with no copy at all.
+
+That is only sound when the parser holds none of those bytes already. ``WireStream`` sits
+between httpcore and the socket and, while a response head is awaited (from a request's
+write until a final, non-1xx head has gone by), hands the parser nothing past the blank line
+that ends a head; it keeps the rest for the next read. It remembers whether the last bytes it
+handed over ended exactly there, and only then may ``direct_body`` take over. The connection
+is closed afterwards (the parser never saw the body, so httpcore will not reuse it).
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import typing
+from collections.abc import Iterator
+
+import httpcore
+import httpx
+
+# What ends a head for h11: a line feed, an optional carriage return, a line feed.
+HEAD_END = re.compile(rb"\n\r?\n")
+WIRE = "model-fetch-wire"  # the get_extra_info key that finds the WireStream under a stream
+PIECE_BYTES = 1 << 20
+
+
+class WireStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+        self._pending = b""  # received after a head's end, not yet read by anyone
+        self._awaiting_head = False
+        self._tail = b""  # the last bytes of the head so far, for an end split across reads
+        self._status = b""  # the head's first bytes, to tell an interim 1xx from the final one
+        self.at_head_end = False  # the parser has been given exactly up to a final head's end
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._awaiting_head, self._tail, self._status = True, b"", b""
+        self.at_head_end = False
+        self._inner.write(buffer, timeout)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        else:
+            data = self._inner.read(max_bytes, timeout)
+        if not data:
+            return data
+        if not self._awaiting_head:
+            self.at_head_end = False
+            return data
+        return self._up_to_head_end(data)
+
+    def _up_to_head_end(self, data: bytes) -> bytes:
+        if len(self._status) < 12:
+            self._status += data[: 12 - len(self._status)]
+        seen = self._tail + data
+        found = HEAD_END.search(seen)
+        if found is None:
+            self._tail = seen[-2:]
+            return data
+        cut = found.end() - len(self._tail)
+        self._pending = data[cut:] + self._pending
+        interim = self._status[9:10] == b"1"  # "HTTP/1.1 1xx": another head follows
+        self._awaiting_head = interim
+        self.at_head_end = not interim
+        self._tail, self._status = b"", b""
+        return data[:cut]
+
+    def read_body(self, max_bytes: int, timeout: float | None) -> bytes:
+        """The next bytes after the head, bypassing the parser (see direct_body)."""
+        self.at_head_end = False
+        if self._pending:
+            data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+            return data
+        return self._inner.read(max_bytes, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        if self._pending:  # a proxy that sent bytes after its CONNECT answer, before TLS
+            raise httpcore.ConnectError("the proxy sent data before the TLS handshake")
+        return WireStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        if info == WIRE:
+            return self
+        return self._inner.get_extra_info(info)
+
+
+def direct_body(response: httpx.Response, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes] | None:
+    """The body read off the connection in pieces of up to piece_bytes; None where unsound.
+
+    Unsound, and left to httpx: a chunked or length-less body, a connection that did not come
+    through a WireStream, or one whose parser may already hold body bytes.
+    """
+    stream = response.extensions.get("network_stream")
+    wire = stream.get_extra_info(WIRE) if stream is not None else None
+    if not isinstance(wire, WireStream) or not wire.at_head_end:
+        return None
+    if "transfer-encoding" in response.headers:
+        return None
+    declared = response.headers.get("content-length", "")
+    if not declared.isdigit():
+        return None
+    timeout = response.request.extensions.get("timeout", {}).get("read")
+    return _pieces(wire, int(declared), piece_bytes, timeout)
+
+
+def _pieces(
+    wire: WireStream, length: int, piece_bytes: int, timeout: float | None
+) -> Iterator[bytes]:
+    # One read per piece, handed on at once: a socket that holds a whole piece gives it with
+    # no copy, and whoever reads these pieces batches small ones (holding them here as well
+    # held back bytes a kill then lost, and made resumes start further back).
+    received = 0
+    while received < length:
+        data = _read(wire, min(piece_bytes, length - received), timeout, received, length)
+        received += len(data)
+        yield data
+
+
+def _read(wire: WireStream, want: int, timeout: float | None, received: int, length: int) -> bytes:
+    try:
+        data = wire.read_body(want, timeout)
+    except httpcore.TimeoutException as error:
+        raise httpx.ReadTimeout(str(error) or "timed out") from None
+    except httpcore.NetworkError as error:
+        raise httpx.ReadError(str(error) or type(error).__name__) from None
+    if not data:
+        raise httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body: "
+            f"received {received} bytes, expected {length}"
+        )
+    return data
