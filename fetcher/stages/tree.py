@@ -24,6 +24,11 @@ _IMPLICIT_DIR_MODE = 0o755
 # decoder cuts its output depends on how the network cut its input, and a short piece written
 # as data would put blocks of zeros on disk by chance.
 _ZEROS = bytes(1 << 20)
+# Each write at most this much: the kernel sizes page-cache folios by the write, and on a
+# virtual machine whose free memory the host has taken back, large folios fault it back in
+# at a high cost (writing 2 GiB in 1 MiB writes took 0.4-16 s of system time there, in
+# 128 KiB writes 0.4-0.5 s; see docs/benchmarks.md). Smaller writes cost more system calls.
+WRITE_BYTES = 128 << 10
 # The fetcher's own files in DIR (state folder, marker and its temporary, lock): no archive
 # member may reach them, or a symlink named like one could redirect the fetcher's own writes.
 RESERVED_NAMES = frozenset(
@@ -195,7 +200,7 @@ class SafeTree:
                     self.bytes_written += run
                     self._file_offset += run
                     continue
-                written = os.write(self._file_fd, data)
+                written = os.write(self._file_fd, data[:WRITE_BYTES])
                 self._hole_pending = False
                 data = data[written:]
                 self.bytes_written += written
