@@ -46,10 +46,7 @@ class WireStream(httpcore.NetworkStream):
         self._inner.write(buffer, timeout)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._pending:
-            data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
-        else:
-            data = self._inner.read(max_bytes, timeout)
+        data = self._next(max_bytes, timeout)
         if not data:
             return data
         if not self._awaiting_head:
@@ -76,6 +73,10 @@ class WireStream(httpcore.NetworkStream):
     def read_body(self, max_bytes: int, timeout: float | None) -> bytes:
         """The next bytes after the head, bypassing the parser (see direct_body)."""
         self.at_head_end = False
+        return self._next(max_bytes, timeout)
+
+    def _next(self, max_bytes: int, timeout: float | None) -> bytes:
+        """What was kept from past a head's end first, then the connection's next bytes."""
         if self._pending:
             data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
             return data
