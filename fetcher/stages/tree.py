@@ -20,15 +20,16 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PERMISSION_BITS = 0o777  # setuid, setgid and sticky bits are never restored
 _IMPLICIT_DIR_MODE = 0o755
-# Pieces of zeros are left as holes, so a file of zeros takes no disk. However short: how the
-# decoder cuts its output depends on how the network cut its input, and a short piece written
-# as data would put blocks of zeros on disk by chance.
-_ZEROS = bytes(1 << 20)
 # Each write at most this much: the kernel sizes page-cache folios by the write, and on a
 # virtual machine whose free memory the host has taken back, large folios fault it back in
 # at a high cost (writing 2 GiB in 1 MiB writes took 0.4-16 s of system time there, in
 # 128 KiB writes 0.4-0.5 s; see docs/benchmarks.md). Smaller writes cost more system calls.
 WRITE_BYTES = 128 << 10
+# Pieces of zeros are left as holes, so a file of zeros takes no disk. However short: how the
+# decoder cuts its output depends on how the network cut its input, and a short piece written
+# as data would put blocks of zeros on disk by chance. Checked piece by piece as written, so
+# each byte is looked at once.
+_ZEROS = bytes(WRITE_BYTES)
 # The fetcher's own files in DIR (state folder, marker and its temporary, lock): no archive
 # member may reach them, or a symlink named like one could redirect the fetcher's own writes.
 RESERVED_NAMES = frozenset(
@@ -200,7 +201,7 @@ class SafeTree:
                     self.bytes_written += run
                     self._file_offset += run
                     continue
-                written = os.write(self._file_fd, data[:WRITE_BYTES])
+                written = os.write(self._file_fd, data[:run])
                 self._hole_pending = False
                 data = data[written:]
                 self.bytes_written += written
