@@ -26,10 +26,8 @@ def paced_body(
 ) -> Iterator[bytes]:
     """The body as received, within the bandwidth cap; a stall raises Retryable.
 
-    direct: read it off the connection where that is sound (fetcher.http.wire), which then
-    closes. Worth it for a body that runs to the end of the file; for a range, keeping the
-    connection for the next one saves a TCP and TLS handshake, which on a distant origin
-    costs more than the parsing does.
+    direct: read it off the connection where that is sound (fetcher.http.wire). The
+    connection then closes, unless the request was sent within bodies_kept_from_parser().
     """
     window_start = time.monotonic()
     window_bytes = 0

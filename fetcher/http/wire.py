@@ -13,12 +13,23 @@ write until a final, non-1xx head has gone by), hands the parser nothing past th
 that ends a head; it keeps the rest for the next read. It remembers whether the last bytes it
 handed over ended exactly there, and only then may ``direct_body`` take over. The connection
 is closed afterwards (the parser never saw the body, so httpcore will not reuse it).
+
+Ranges want their connections kept: on a distant origin a TCP and TLS handshake per range
+costs more than the parsing does. A request sent within ``bodies_kept_from_parser()`` has a
+206 answer's head handed over whole, its Content-Length told to the parser as 0 and the real
+one kept here; ``direct_body`` reads that many bytes, then lets the parser finish its empty
+body, so httpcore returns the connection to its pool at a clean boundary. A connection whose
+body was not read to the end says it is readable, which is how httpcore learns that an idle
+connection is unusable: it closes it instead of sending another request on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
+import threading
+import time
 import typing
 from collections.abc import Iterator
 
@@ -29,6 +40,18 @@ import httpx
 HEAD_END = re.compile(rb"\n\r?\n")
 WIRE = "model-fetch-wire"  # the get_extra_info key that finds the WireStream under a stream
 PIECE_BYTES = 1 << 20
+HEAD_BYTES = 100 << 10  # httpcore's own limit on a head; one longer is left to the parser
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def bodies_kept_from_parser() -> Iterator[None]:
+    """Requests sent within this block, on this thread, keep a 206 body from the parser."""
+    _local.keep_body = True
+    try:
+        yield
+    finally:
+        _local.keep_body = False
 
 
 class WireStream(httpcore.NetworkStream):
@@ -39,13 +62,20 @@ class WireStream(httpcore.NetworkStream):
         self._tail = b""  # the last bytes of the head so far, for an end split across reads
         self._status = b""  # the head's first bytes, to tell an interim 1xx from the final one
         self.at_head_end = False  # the parser has been given exactly up to a final head's end
+        self._keep_body = False  # the request was sent within bodies_kept_from_parser()
+        self.kept_length: int | None = None  # the Content-Length the parser was told is 0
+        self._body_left = 0  # of it, not read yet
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._awaiting_head, self._tail, self._status = True, b"", b""
         self.at_head_end = False
+        self._keep_body = getattr(_local, "keep_body", False)
+        self.kept_length, self._body_left = None, 0
         self._inner.write(buffer, timeout)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._awaiting_head and self._keep_body:
+            return self._whole_head(timeout)
         data = self._next(max_bytes, timeout)
         if not data:
             return data
@@ -70,10 +100,36 @@ class WireStream(httpcore.NetworkStream):
         self._tail, self._status = b"", b""
         return data[:cut]
 
+    def _whole_head(self, timeout: float | None) -> bytes:
+        """The next head, read whole (its Content-Length may need rewriting) within timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        head = b""
+        while (found := HEAD_END.search(head)) is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise httpcore.ReadTimeout("timed out")
+            data = self._next(HEAD_BYTES, left)
+            if not data:
+                return head  # the origin closed: the parser reports what it got
+            head += data
+            if len(head) > HEAD_BYTES:
+                self._keep_body = False  # the parser refuses it, or reads it itself
+                return self._up_to_head_end(head)
+        self._pending = head[found.end() :] + self._pending
+        head = head[: found.end()]
+        if head[9:10] == b"1":  # an interim 1xx head: another follows
+            return head
+        self._awaiting_head, self.at_head_end = False, True
+        head, self.kept_length = _hide_length(head)
+        self._body_left = self.kept_length or 0
+        return head
+
     def read_body(self, max_bytes: int, timeout: float | None) -> bytes:
         """The next bytes after the head, bypassing the parser (see direct_body)."""
         self.at_head_end = False
-        return self._next(max_bytes, timeout)
+        data = self._next(max_bytes, timeout)
+        self._body_left = max(0, self._body_left - len(data))
+        return data
 
     def _next(self, max_bytes: int, timeout: float | None) -> bytes:
         """What was kept from past a head's end first, then the connection's next bytes."""
@@ -98,7 +154,26 @@ class WireStream(httpcore.NetworkStream):
     def get_extra_info(self, info: str) -> typing.Any:
         if info == WIRE:
             return self
+        if info == "is_readable" and (self._pending or self._body_left):
+            return True  # unread bytes of the last answer: httpcore must not reuse this
         return self._inner.get_extra_info(info)
+
+
+def _hide_length(head: bytes) -> tuple[bytes, int | None]:
+    """A 206 head with its one Content-Length told as 0, and the real length; else unchanged."""
+    lines = head.split(b"\n")
+    if lines[0][9:12] != b"206":
+        return head, None
+    names = [line.split(b":", 1)[0].lower() for line in lines[1:]]
+    if b"transfer-encoding" in names or names.count(b"content-length") != 1:
+        return head, None
+    at = names.index(b"content-length") + 1
+    name, value = lines[at].split(b":", 1)
+    value = value.strip(b" \t\r")
+    if not value.isdigit() or lines[at + 1][:1] in (b" ", b"\t"):  # malformed, or folded on
+        return head, None
+    lines[at] = name + b": 0" + (b"\r" if lines[at].endswith(b"\r") else b"")
+    return b"\n".join(lines), int(value)
 
 
 def direct_body(response: httpx.Response, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes] | None:
@@ -111,13 +186,26 @@ def direct_body(response: httpx.Response, piece_bytes: int = PIECE_BYTES) -> Ite
     wire = stream.get_extra_info(WIRE) if stream is not None else None
     if not isinstance(wire, WireStream) or not wire.at_head_end:
         return None
+    timeout = response.request.extensions.get("timeout", {}).get("read")
+    if wire.kept_length is not None:
+        return _pieces_then_reuse(response, wire, wire.kept_length, piece_bytes, timeout)
     if "transfer-encoding" in response.headers:
         return None
     declared = response.headers.get("content-length", "")
     if not declared.isdigit():
         return None
-    timeout = response.request.extensions.get("timeout", {}).get("read")
     return _pieces(wire, int(declared), piece_bytes, timeout)
+
+
+def _pieces_then_reuse(
+    response: httpx.Response,
+    wire: WireStream,
+    length: int,
+    piece_bytes: int,
+    timeout: float | None,
+) -> Iterator[bytes]:
+    yield from _pieces(wire, length, piece_bytes, timeout)
+    response.read()  # the parser's empty body: it ends the exchange, and the pool takes it back
 
 
 def _pieces(

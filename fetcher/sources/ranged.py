@@ -39,6 +39,7 @@ from fetcher.http.ratelimit import RateLimiter
 from fetcher.http.retry import OriginRefused, Retryable, RetryPolicy, transport_errors_retryable
 from fetcher.http.stores import given_up_line, unreachable
 from fetcher.http.target import Target
+from fetcher.http.wire import bodies_kept_from_parser
 from fetcher.sources import SourceChanged, SourceStats
 from fetcher.sources.governor import Governor
 from fetcher.sources.partfile import PartFile, PartFileClosed
@@ -532,6 +533,7 @@ class ParallelDownload:
             self.stats.requests += 1
         with (
             transport_errors_retryable(),
+            bodies_kept_from_parser(),  # read off the connection, which stays for the next range
             open_response(
                 self._client, origin.target, headers, self._policy.read_timeout
             ) as response,
@@ -539,7 +541,8 @@ class ParallelDownload:
             self._check(origin, response, start, end)
             check_stop = self._check_stop
             task.response = response
-            for data in paced_body(response, self._limiter, self._policy, check_stop):
+            body = paced_body(response, self._limiter, self._policy, check_stop, direct=True)
+            for data in body:
                 self._deliver(task, data[: end - task.position])
             task.response = None
             if task.position < end:

@@ -62,9 +62,9 @@ def test_ranges_are_requested_in_order_over_several_connections(
 
 
 def test_ranges_reuse_their_connections(origin: Origin, tmp_path: Path) -> None:
-    # A range's body goes through the HTTP parser, so its connection stays open for the next
-    # range: on a distant origin a new connection per range would cost a TCP and a TLS
-    # handshake each. (The single stream reads its body off the connection, which then closes.)
+    # A range's body is read off the connection past the HTTP parser, and the connection
+    # stays open for the next range: on a distant origin a new connection per range would
+    # cost a TCP and a TLS handshake each. (The single stream's connection closes after it.)
     origin.add("/m", ARCHIVE)
     out = tmp_path / "out"
     assert run_fetch(origin.url("/m"), "-o", out, *PARALLEL, "--chunk-size", "64K") == 0

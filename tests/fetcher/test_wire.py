@@ -26,7 +26,7 @@ from fetcher.http.exchange import open_response
 from fetcher.http.ratelimit import TokenBucket, Unlimited
 from fetcher.http.retry import Retryable, RetryPolicy
 from fetcher.http.target import Target
-from fetcher.http.wire import WireStream, direct_body
+from fetcher.http.wire import WireStream, bodies_kept_from_parser, direct_body
 from tests.support.origin import Origin, TLSOrigin
 from tests.webhook.certs import issue, make_authority
 
@@ -123,6 +123,114 @@ def test_a_body_read_by_the_parser_itself_marks_the_connection_as_no_longer_at_a
     _head_through_h11(wire)
     wire.read(1 << 20)  # the parser reads on, past the head
     assert not wire.at_head_end
+
+
+def _range_head(length: int, *, line_end: bytes, interim: int) -> bytes:
+    heads = [b"HTTP/1.1 100 Continue" + line_end * 2] * interim
+    lines = [
+        b"HTTP/1.1 206 Partial Content",
+        b"Content-Range: bytes 0-%d/999999" % max(0, length - 1),
+        b"content-length: %d" % length,
+        b'ETag: "e"',
+    ]
+    heads.append(line_end.join([*lines, b"", b""]))
+    return b"".join(heads)
+
+
+def _exchange(parser: h11.Connection, wire: WireStream) -> tuple[h11.Response, bytes]:
+    """One request and its kept-back body on a reused h11 connection, as httpcore runs it."""
+    wire.write(parser.send(h11.Request(method="GET", target="/m", headers=[("Host", "o")])))
+    parser.send(h11.EndOfMessage())
+    while not isinstance(event := parser.next_event(), h11.Response):
+        if event is h11.NEED_DATA:
+            parser.receive_data(wire.read(256 * 1024))
+        else:
+            assert isinstance(event, h11.InformationalResponse), event
+    assert parser.trailing_data == (b"", False), "the parser holds body bytes"
+    assert wire.kept_length is not None
+    body = b""
+    while len(body) < wire.kept_length:
+        piece = wire.read_body(min(1 << 20, wire.kept_length - len(body)), None)
+        assert piece, "the body ended early"
+        body += piece
+    assert parser.next_event() == h11.EndOfMessage(), "the parser was told of a body"
+    parser.start_next_cycle()
+    return event, body
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=bodies,
+    second=bodies,
+    line_end=st.sampled_from([b"\r\n", b"\n"]),
+    interim=st.integers(0, 2),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+)
+def test_kept_back_range_bodies_leave_the_connection_at_the_next_answer(
+    first: bytes, second: bytes, line_end: bytes, interim: int, cuts: list[int]
+) -> None:
+    answers = b"".join(
+        _range_head(len(body), line_end=line_end, interim=interim) + body
+        for body in (first, second)
+    )
+    wire = WireStream(_Reads(_cut(answers, cuts)))
+    parser = h11.Connection(h11.CLIENT)
+    with bodies_kept_from_parser():
+        for body in (first, second):
+            head, received = _exchange(parser, wire)
+            assert head.status_code == 206
+            assert dict(head.headers)[b"content-length"] == b"0"
+            assert received == body
+    assert not wire.get_extra_info("is_readable"), "bytes of the answers are left unread"
+    assert wire.read(1) == b""
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", id="not-206"),
+        pytest.param(
+            b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: 5\r\n\r\n",
+            id="chunked-and-a-length",
+        ),
+        pytest.param(b"HTTP/1.1 206 Partial Content\r\nConnection: close\r\n\r\n", id="no-length"),
+        pytest.param(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            id="two-lengths",
+        ),
+        pytest.param(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: +5\r\n\r\n", id="signed-length"
+        ),
+    ],
+)
+def test_a_head_that_is_not_a_plain_range_answer_reaches_the_parser_unchanged(head: bytes) -> None:
+    wire = WireStream(_Reads([head + b"hello"]))
+    with bodies_kept_from_parser():
+        wire.write(REQUEST)
+        assert wire.read(256 * 1024) == head
+    assert wire.kept_length is None
+
+
+def _trickle(head: bytes) -> list[bytes]:
+    return [head[i : i + 1] for i in range(len(head))]
+
+
+def test_a_head_kept_whole_still_meets_the_read_timeout() -> None:
+    class _Slow(_Reads):
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            if timeout is not None and timeout <= 0:
+                raise AssertionError("read with no time left")
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls > 3:
+                raise httpcore.ReadTimeout("timed out")  # what the socket does once time is up
+            return super().read(max_bytes, timeout)
+
+    wire = WireStream(_Slow(_trickle(_range_head(5, line_end=b"\r\n", interim=0))))
+    with bodies_kept_from_parser():
+        wire.write(REQUEST)
+        with pytest.raises(httpcore.ReadTimeout):
+            wire.read(256 * 1024, timeout=5)
 
 
 # --- against real sockets ---------------------------------------------------------------
@@ -288,3 +396,66 @@ def test_https_bodies_are_read_directly_too(tmp_path: Path) -> None:
             assert direct_body(response) is not None
             body = b"".join(paced_body(response, Unlimited(), _policy(), lambda: None, direct=True))
     assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
+
+
+def _ranges(client: httpx.Client, url: str, spans: list[tuple[int, int]]) -> list[bytes]:
+    bodies = []
+    for first, last in spans:
+        headers = {"Range": f"bytes={first}-{last}"}
+        with (
+            bodies_kept_from_parser(),
+            open_response(client, Target(url, "origin"), headers, 10) as response,
+        ):
+            assert response.status_code == 206
+            assert direct_body(response) is not None, "the range went through the parser"
+            pieces = paced_body(response, Unlimited(), _policy(), lambda: None, direct=True)
+            bodies.append(b"".join(pieces))
+    return bodies
+
+
+PAYLOAD = hashlib.sha256(b"ranges").digest() * 20_000  # 640 KB
+
+
+def test_ranges_read_off_the_connection_share_one_connection_and_come_out_exact() -> None:
+    spans = [(0, 99_999), (100_000, 100_000), (100_001, 400_000), (400_001, len(PAYLOAD) - 1)]
+    with Origin() as origin, _client() as client:
+        origin.add("/m", PAYLOAD)
+        bodies = _ranges(client, origin.url("/m"), spans)
+        assert [r.status for r in origin.requests] == [206] * len(spans)
+        assert len({r.connection for r in origin.requests}) == 1
+    assert bodies == [PAYLOAD[a : b + 1] for a, b in spans]
+
+
+def test_a_range_left_half_read_closes_its_connection_and_the_next_one_is_exact() -> None:
+    with Origin() as origin, _client() as client:
+        origin.add("/m", PAYLOAD)
+        url = origin.url("/m")
+        with (
+            bodies_kept_from_parser(),
+            open_response(client, Target(url, "origin"), {"Range": "bytes=0-599999"}, 10) as half,
+        ):
+            pieces = paced_body(half, Unlimited(), _policy(), lambda: None, direct=True)
+            assert next(pieces)  # then left, as a stop request or a kill leaves it
+        assert _ranges(client, url, [(1000, 1999)]) == [PAYLOAD[1000:2000]]
+        assert len({r.connection for r in origin.requests}) == 2
+
+
+def test_https_ranges_keep_their_connection_too(tmp_path: Path) -> None:
+    authority = make_authority()
+    serving = issue(authority)
+    (tmp_path / "origin.crt").write_bytes(serving.cert_pem)
+    (tmp_path / "origin.key").write_bytes(serving.key_pem)
+    (tmp_path / "ca.crt").write_bytes(authority.pem())
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "origin.crt", tmp_path / "origin.key")
+    spans = [(0, 299_999), (300_000, len(PAYLOAD) - 1)]
+    with (
+        TLSOrigin(context) as origin,
+        make_client(
+            ca_bundle=tmp_path / "ca.crt", authorization=None, read_timeout=10, connect_timeout=10
+        ) as client,
+    ):
+        origin.add("/m", PAYLOAD)
+        bodies = _ranges(client, origin.url("/m"), spans)
+        assert len({r.connection for r in origin.requests}) == 1
+    assert bodies == [PAYLOAD[a : b + 1] for a, b in spans]
