@@ -11,7 +11,12 @@ interpreter, the readers interleaved round by round:
 - ``httpx iter_raw``: the body through h11 and httpcore with the fetcher's 256 KiB reads,
   as model-fetch read every body before it read its stream's off the connection;
 - ``model-fetch paced_body``: the fetcher's own body reader (``fetcher.http.body``), as its
-  single stream uses it.
+  single stream uses it;
+- ``httpx ranges``: the file as 16 MiB ranges (the fetcher's default ``--chunk-size``), one
+  after another on one kept connection, each body through the parser (every range before
+  74edd37);
+- ``model-fetch ranges``: the same ranges as the fetcher's range workers read them: off the
+  connection, which is kept for the next range.
 
 Prints the median wall time and CPU seconds (user + system of the reading process only,
 from the request on: the interpreter's start and imports left out) of each, and per GB.
@@ -47,6 +52,14 @@ def begin():
 def report(received, started):
     print(json.dumps({"bytes": received, "wall": time.monotonic() - started[0],
                       "cpu": cpu() - started[1]}))
+"""
+
+RANGES = """
+from fetcher.http.client import make_client
+chunk = 16 << 20
+spans = [(a, min(a + chunk, SIZE) - 1) for a in range(0, SIZE, chunk)]
+started = begin()
+received = 0
 """
 
 READERS = {
@@ -95,13 +108,41 @@ with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_ti
             received += len(piece)
 report(received, started)
 """,
+    "httpx ranges": RANGES
+    + """
+with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_timeout=30) as c:
+    for first, last in spans:
+        with c.stream("GET", url, headers={"Range": f"bytes={first}-{last}"}) as response:
+            for piece in response.iter_raw():
+                digest.update(piece)
+                received += len(piece)
+report(received, started)
+""",
+    "model-fetch ranges": RANGES
+    + """
+from fetcher.http.body import paced_body
+from fetcher.http.exchange import open_response
+from fetcher.http.ratelimit import Unlimited
+from fetcher.http.retry import RetryPolicy
+from fetcher.http.target import Target
+from fetcher.http.wire import bodies_kept_from_parser
+with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_timeout=30) as c:
+    for first, last in spans:
+        headers = {"Range": f"bytes={first}-{last}"}
+        with bodies_kept_from_parser(), open_response(c, Target(url, url), headers, 30) as r:
+            for piece in paced_body(r, Unlimited(), RetryPolicy(), lambda: None, direct=True):
+                digest.update(piece)
+                received += len(piece)
+report(received, started)
+""",
 }
 
 
-def run_reader(name: str, url: str) -> dict[str, float]:
+def run_reader(name: str, url: str, size: int) -> dict[str, float]:
     program = _PRELUDE.replace("REPO", repr(str(REPO))).replace("URL", repr(url))
+    program = program + READERS[name].replace("SIZE", str(size))
     done = subprocess.run(
-        [sys.executable, "-c", program + READERS[name]],
+        [sys.executable, "-c", program],
         check=True,
         capture_output=True,
         text=True,
@@ -133,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         url = nginx.url(archive.name)
         for round_ in range(args.runs):
             for name in READERS:
-                sample = run_reader(name, url)
+                sample = run_reader(name, url, archive.stat().st_size)
                 if sample["bytes"] != archive.stat().st_size:
                     raise SystemExit(f"{name} received {sample['bytes']} bytes, not the archive")
                 samples[name].append(sample)
