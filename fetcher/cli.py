@@ -308,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "files": marker.files,
             "format": marker.format,
             "connections": result.connections,
+            "window_bytes": result.window_bytes,
             "seconds": round(time.monotonic() - started, 3),
         },
     )

@@ -41,6 +41,7 @@ class FetchResult:
     fetched_bytes: int = 0  # received by this run
     refetched_bytes: int = 0  # received more than once over every run of this fetch
     connections: int = 1
+    window_bytes: int = 0  # of fetched_bytes, those that arrived ahead of the decoder
 
 
 def fetch(
@@ -142,6 +143,7 @@ def _fetch_locked(
         fetched_bytes=fetched_here,
         refetched_bytes=max(0, before + fetched_here - marker.bytes),
         connections=stats.connections,
+        window_bytes=stats.window_bytes,
     )
 
 

@@ -67,6 +67,7 @@ class Stats:
     format: str
     origin: str = ""
     connections: int = 1
+    window_bytes: int = 0
 
 
 @dataclass
@@ -129,6 +130,7 @@ def run(
                     stages.format_name(),
                     stats.origin,
                     stats.connections,
+                    stats.window_bytes,
                 )
             stages.feed(item.data, item.hash_before)
             if not announced_checked and stats.identity is not None:

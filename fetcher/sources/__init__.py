@@ -30,6 +30,7 @@ class SourceStats:
     requests: int = 0
     origin: str = ""
     connections: int = 1  # the most used at once
+    window_bytes: int = 0  # received ahead of the decoder, so through the part file
     identity: Identity | None = None
     notes: list[str] = field(default_factory=list)
 

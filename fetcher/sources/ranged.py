@@ -138,6 +138,7 @@ class ParallelDownload:
         self._have = RangeSet((r.start, r.end) for r in held)
         self._disk = RangeSet((r.start, r.end) for r in held)
         self._memory: dict[int, bytes] = {}
+        self._held_since: float | None = None  # since when the hand-over waits for the decoder
         self._memory_since = 0.0  # when the oldest piece there arrived
         self._memory_bytes = 0
         self._held = {r.start: r for r in held}  # what the part file holds, with CRC32Cs
@@ -260,6 +261,9 @@ class ParallelDownload:
         return queued is None or queued < QUEUED_BYTES
 
     def _govern(self, now: float) -> None:
+        if self._held_since is not None:  # a hand-over waiting now: its share so far
+            self._governor.held_back(now - self._held_since)
+            self._held_since = now
         if self._governor.tick(now):
             log.debug("parallel ranges: up to %d connections", self._governor.limit)
             self._changed.notify_all()
@@ -353,17 +357,20 @@ class ParallelDownload:
                     self._received(task, size, counted)
                     return
                 self._check_stop()
-                since = time.monotonic()
+                # Counted as it goes (the decoder's side credits it at every window, see
+                # _govern), and also while the decoder reads ranges from disk: on a fast
+                # origin that is most of what it does, the connection ahead spilling every
+                # range it fetches meanwhile.
+                self._held_since = time.monotonic()
                 self._drained.wait(0.5)
-                if self._consumed in self._memory:
-                    # Not while the decoder catches up through ranges on disk: those were
-                    # worth fetching ahead, and it reaches this one soon.
-                    self._governor.held_back(time.monotonic() - since)
+                self._governor.held_back(time.monotonic() - self._held_since)
+                self._held_since = None
         # Ahead of the decoder: nobody blocks on these, so they go through the part file.
         changed = task.spill.extend(position, piece)
         self._part.write_at(position, piece)
         with self._lock:
             self._disk.add(position, position + size)
+            self.stats.window_bytes += size
             for held in changed:
                 self._held[held.start] = held
             self._received(task, size, counted)

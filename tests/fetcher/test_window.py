@@ -8,15 +8,23 @@ hands bytes over in memory waits for a slow decoder instead of spilling past the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import crc32c
 import pytest
 
+from fetcher.http.client import make_client
+from fetcher.http.exchange import Identity
+from fetcher.http.ratelimit import Unlimited
+from fetcher.http.retry import RetryPolicy
+from fetcher.http.target import Target
 from fetcher.sources.governor import (
     GROW_AFTER,
     GROW_SHARE,
@@ -25,6 +33,8 @@ from fetcher.sources.governor import (
     SHRINK_SHARE,
     Governor,
 )
+from fetcher.sources.partfile import PartFile
+from fetcher.sources.ranged import ParallelDownload
 from fetcher.sources.spill import BLOCK, SpillRun
 from fetcher.state.checkpoint import CHECKPOINT_NAME, HeldRange, StateError, WindowState
 from tests.fetcher.conftest import sha256
@@ -238,3 +248,38 @@ def test_a_window_record_out_of_shape_is_refused_by_name(window: object, why: st
     assert WindowState.from_json({"v": 1, "ranges": [[0, 10, 7]]}) == WindowState(
         (HeldRange(0, 10, 7),)
     )
+
+
+def test_a_decoder_slower_than_one_connection_leaves_the_ranges_to_that_one(
+    tmp_path: Path,
+) -> None:
+    """A fast origin and a decoder that takes 30 MB/s: while it reads a range from disk, the
+    connection handing the next one over in memory waits for it, and that wait, counted as it
+    goes, brings the connections down to one. Counted only when each wait ended (up to half
+    a second later), it never filled three windows in a row, and the connection ahead spilled
+    nearly the whole file through the part file."""
+    data = random.Random(83).randbytes(96 * MIB)
+    with (
+        Origin() as origin,
+        make_client(
+            ca_bundle=None, authorization=None, read_timeout=30, connect_timeout=30
+        ) as client,
+    ):
+        origin.add(PATH, data, faults=Faults(drip_bytes_per_s=50_000_000))  # each connection
+        target = Target(origin.url(PATH), "origin")
+        download = ParallelDownload(
+            [target], client, policy=RetryPolicy(retries=0), limiter=Unlimited(),
+            stop=threading.Event(), part=PartFile(tmp_path / "part", len(data), keep=False),
+            identity=Identity(len(data), None, None), identity_origin=0, connections=8,
+            chunk_size=8 * MIB, buffer=1 << 30, held=(), start=0,
+        )  # fmt: skip
+        digest = hashlib.sha256()
+        try:
+            for piece in download.chunks():
+                digest.update(piece)
+                time.sleep(len(piece) / 25e6)  # the decoder's pace: half a connection's
+        finally:
+            download.close()
+    assert digest.hexdigest() == sha256(data)
+    through_disk = download.stats.window_bytes
+    assert through_disk <= len(data) // 2, f"{through_disk:,} of {len(data):,} bytes spilled"
