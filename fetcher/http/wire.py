@@ -103,20 +103,22 @@ class WireStream(httpcore.NetworkStream):
     def _whole_head(self, timeout: float | None) -> bytes:
         """The next head, read whole (its Content-Length may need rewriting) within timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        head = b""
-        while (found := HEAD_END.search(head)) is None:
+        received = bytearray()
+        searched = 0  # an origin sending a byte at a time costs one pass over the head, not n
+        while (found := HEAD_END.search(received, searched)) is None:
+            searched = max(0, len(received) - 2)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise httpcore.ReadTimeout("timed out")
             data = self._next(HEAD_BYTES, left)
             if not data:
-                return head  # the origin closed: the parser reports what it got
-            head += data
-            if len(head) > HEAD_BYTES:
+                return bytes(received)  # the origin closed: the parser reports what it got
+            received += data
+            if len(received) > HEAD_BYTES:
                 self._keep_body = False  # the parser refuses it, or reads it itself
-                return self._up_to_head_end(head)
-        self._pending = head[found.end() :] + self._pending
-        head = head[: found.end()]
+                return self._up_to_head_end(bytes(received))
+        self._pending = bytes(received[found.end() :]) + self._pending
+        head = bytes(received[: found.end()])
         if head[9:10] == b"1":  # an interim 1xx head: another follows
             return head
         self._awaiting_head, self.at_head_end = False, True

@@ -216,6 +216,31 @@ def _trickle(head: bytes) -> list[bytes]:
     return [head[i : i + 1] for i in range(len(head))]
 
 
+def test_a_kept_head_sent_a_byte_at_a_time_is_read_whole_and_its_body_exact() -> None:
+    body = b"\r\n\r\n" + bytes(range(256))
+    wire = WireStream(
+        _Reads([*_trickle(_range_head(len(body), line_end=b"\r\n", interim=1)), body])
+    )
+    parser = h11.Connection(h11.CLIENT)
+    with bodies_kept_from_parser():
+        head, received = _exchange(parser, wire)
+    assert head.status_code == 206
+    assert received == body
+
+
+def test_a_head_longer_than_httpcore_allows_is_left_to_the_parser() -> None:
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (n, b"y" * 100) for n in range(1100))
+    head = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\n" + filler + b"\r\n"
+    wire = WireStream(_Reads([head + b"hello"]))
+    with bodies_kept_from_parser():
+        wire.write(REQUEST)
+        handed = b""
+        while not wire.at_head_end:
+            handed += wire.read(256 * 1024)
+    assert handed == head
+    assert wire.kept_length is None  # the parser reads this body itself
+
+
 def test_a_head_kept_whole_still_meets_the_read_timeout() -> None:
     class _Slow(_Reads):
         def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
