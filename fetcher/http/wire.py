@@ -105,7 +105,7 @@ class WireStream(httpcore.NetworkStream):
         deadline = None if timeout is None else time.monotonic() + timeout
         received = bytearray()
         searched = 0  # an origin sending a byte at a time costs one pass over the head, not n
-        while (found := HEAD_END.search(received, searched)) is None:
+        while HEAD_END.search(received, searched) is None:
             searched = max(0, len(received) - 2)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -116,14 +116,11 @@ class WireStream(httpcore.NetworkStream):
             received += data
             if len(received) > HEAD_BYTES:
                 self._keep_body = False  # the parser refuses it, or reads it itself
-                return self._up_to_head_end(bytes(received))
-        self._pending = bytes(received[found.end() :]) + self._pending
-        head = bytes(received[: found.end()])
-        if head[9:10] == b"1":  # an interim 1xx head: another follows
-            return head
-        self._awaiting_head, self.at_head_end = False, True
-        head, self.kept_length = _hide_length(head)
-        self._body_left = self.kept_length or 0
+                break
+        head = self._up_to_head_end(bytes(received))
+        if self.at_head_end and self._keep_body:
+            head, self.kept_length = _hide_length(head)
+            self._body_left = self.kept_length or 0
         return head
 
     def read_body(self, max_bytes: int, timeout: float | None) -> bytes:
