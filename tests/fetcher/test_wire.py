@@ -398,14 +398,20 @@ def test_each_directly_read_response_gets_a_fresh_connection_and_the_next_one_is
     assert [r.status for r in origin.requests] == [200, 200, 200]
 
 
-def test_https_bodies_are_read_directly_too(tmp_path: Path) -> None:
+def _serving_context(directory: Path) -> ssl.SSLContext:
+    """An origin's TLS context, its certificate from a new CA written to directory/ca.crt."""
     authority = make_authority()
     serving = issue(authority)
-    (tmp_path / "origin.crt").write_bytes(serving.cert_pem)
-    (tmp_path / "origin.key").write_bytes(serving.key_pem)
-    (tmp_path / "ca.crt").write_bytes(authority.pem())
+    (directory / "origin.crt").write_bytes(serving.cert_pem)
+    (directory / "origin.key").write_bytes(serving.key_pem)
+    (directory / "ca.crt").write_bytes(authority.pem())
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "origin.crt", tmp_path / "origin.key")
+    context.load_cert_chain(directory / "origin.crt", directory / "origin.key")
+    return context
+
+
+def test_https_bodies_are_read_directly_too(tmp_path: Path) -> None:
+    context = _serving_context(tmp_path)
     payload = hashlib.sha256(b"tls").digest() * 100_000  # 3.2 MB, many TLS records
     with TLSOrigin(context) as origin:
         origin.add("/m", payload)
@@ -466,13 +472,7 @@ def test_a_range_left_half_read_closes_its_connection_and_the_next_one_is_exact(
 
 
 def test_https_ranges_keep_their_connection_too(tmp_path: Path) -> None:
-    authority = make_authority()
-    serving = issue(authority)
-    (tmp_path / "origin.crt").write_bytes(serving.cert_pem)
-    (tmp_path / "origin.key").write_bytes(serving.key_pem)
-    (tmp_path / "ca.crt").write_bytes(authority.pem())
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "origin.crt", tmp_path / "origin.key")
+    context = _serving_context(tmp_path)
     spans = [(0, 299_999), (300_000, len(PAYLOAD) - 1)]
     with (
         TLSOrigin(context) as origin,
