@@ -54,8 +54,16 @@ def report(received, started):
                       "cpu": cpu() - started[1]}))
 """
 
-RANGES = """
+# Before the clock starts, for every HTTP reader: the imports, and the ranges to ask for (16
+# MiB, the fetcher's default --chunk-size).
+HTTP = """
+from fetcher.http.body import paced_body
 from fetcher.http.client import make_client
+from fetcher.http.exchange import open_response
+from fetcher.http.ratelimit import Unlimited
+from fetcher.http.retry import RetryPolicy
+from fetcher.http.target import Target
+from fetcher.http.wire import bodies_kept_from_parser
 chunk = 16 << 20
 spans = [(a, min(a + chunk, SIZE) - 1) for a in range(0, SIZE, chunk)]
 started = begin()
@@ -81,10 +89,8 @@ while n := sock.recv_into(view):
         received -= head
 report(received, started)
 """,
-    "httpx iter_raw": """
-from fetcher.http.client import make_client
-started = begin()
-received = 0
+    "httpx iter_raw": HTTP
+    + """
 with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_timeout=30) as c:
     with c.stream("GET", url) as response:
         for piece in response.iter_raw():
@@ -92,15 +98,8 @@ with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_ti
             received += len(piece)
 report(received, started)
 """,
-    "model-fetch paced_body": """
-from fetcher.http.body import paced_body
-from fetcher.http.client import make_client
-from fetcher.http.exchange import open_response
-from fetcher.http.ratelimit import Unlimited
-from fetcher.http.retry import RetryPolicy
-from fetcher.http.target import Target
-started = begin()
-received = 0
+    "model-fetch paced_body": HTTP
+    + """
 with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_timeout=30) as c:
     with open_response(c, Target(url, url), {}, 30) as response:
         for piece in paced_body(response, Unlimited(), RetryPolicy(), lambda: None, direct=True):
@@ -108,7 +107,7 @@ with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_ti
             received += len(piece)
 report(received, started)
 """,
-    "httpx ranges": RANGES
+    "httpx ranges": HTTP
     + """
 with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_timeout=30) as c:
     for first, last in spans:
@@ -118,14 +117,8 @@ with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_ti
                 received += len(piece)
 report(received, started)
 """,
-    "model-fetch ranges": RANGES
+    "model-fetch ranges": HTTP
     + """
-from fetcher.http.body import paced_body
-from fetcher.http.exchange import open_response
-from fetcher.http.ratelimit import Unlimited
-from fetcher.http.retry import RetryPolicy
-from fetcher.http.target import Target
-from fetcher.http.wire import bodies_kept_from_parser
 with make_client(ca_bundle=None, authorization=None, read_timeout=30, connect_timeout=30) as c:
     for first, last in spans:
         headers = {"Range": f"bytes={first}-{last}"}
