@@ -253,11 +253,11 @@ def test_a_window_record_out_of_shape_is_refused_by_name(window: object, why: st
 def test_a_decoder_slower_than_one_connection_leaves_the_ranges_to_that_one(
     tmp_path: Path,
 ) -> None:
-    """A fast origin and a decoder that takes 30 MB/s: while it reads a range from disk, the
-    connection handing the next one over in memory waits for it, and that wait, counted as it
-    goes, brings the connections down to one. Counted only when each wait ended (up to half
-    a second later), it never filled three windows in a row, and the connection ahead spilled
-    nearly the whole file through the part file."""
+    """An origin at 50 MB/s per connection and a decoder at 25 MB/s: while the decoder reads a
+    range from disk, the connection handing the next one over in memory waits for it, and
+    that wait, counted as it goes, brings the connections down to one. Counted only when each
+    wait ended (up to half a second later), it never filled three windows in a row, and the
+    connection ahead spilled most of the file through the part file."""
     data = random.Random(83).randbytes(96 * MIB)
     with (
         Origin() as origin,
