@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fetcher.formats import SNIFF_TAR_BYTES, Layout, looks_like_tar
 from fetcher.stages.tar import TarReader
 from fetcher.stages.tree import SafeTree
-from fetcher.stages.zip import ZipReader
 from fetcher.state.checkpoint import SinkState, StateError
+
+if TYPE_CHECKING:
+    from fetcher.stages.zip import ZipReader
 
 # Called with a stream position where the sink could be restored (zip: an entry boundary).
 OnSinkBoundary = Callable[[int], None]
@@ -68,7 +70,11 @@ class ZipSink:
         self, tree: SafeTree, on_boundary: OnSinkBoundary, *, password: bytes | None,
         start: int = 0, resumed: SinkState | None = None,
     ) -> None:  # fmt: skip
-        self._reader = ZipReader(
+        # Imported here: the zip reader brings stream-unzip, its AES and cffi, about 45 ms of
+        # every start, which a fetch of anything else never needs.
+        from fetcher.stages.zip import ZipReader  # noqa: PLC0415
+
+        self._reader: ZipReader = ZipReader(
             tree,
             lambda boundary: on_boundary(boundary.position),
             password=password,
