@@ -12,32 +12,22 @@ from __future__ import annotations
 import lzma
 import re
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from tests.fetcher.conftest import sha256
 from tests.fetcher.test_kill import (
-    ISSUE_FLAGS,
-    ISSUE_KILLS,
-    ISSUE_RATE,
-    ISSUE_SHARE,
     KILLS,
     MIB,
-    PATH,
     Case,
     KillRun,
-    assert_fetched_right,
-    kill_then_finish,
     mixed_content,
-    report,
     run_kill_matrix,
+    run_the_issue,
 )
 from tests.support.archives import write_tree
-from tests.support.origin import Faults, Origin
 
 INSIDE = re.compile(r"from byte \d+ \(inside (a zstd frame|a gzip member|an xz stream)")
 # A restart from byte 0 at every kill costs 1.0 of itself by definition; one that resumes
@@ -120,33 +110,23 @@ def test_sigkill_inside_one_frame_or_member_resumes_inside_it(
     run_kill_matrix(tmp_path, runs, lambda case: MAX_SHARE_OF_RESTARTING, capsys, resumed_inside)
 
 
-ISSUE_MAX_RATIO = 1.45
-
-
 @pytest.mark.evidence
-@pytest.mark.parametrize(
-    "compressor", [("zstd", "-3"), ("gzip", "-6", "-n")], ids=["zstd -3", "gzip -6"]
-)
 def test_the_issue_single_stream_four_sigkills_cost_under_half_an_archive(
-    tmp_path: Path, compressor: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """~40.8 MB as one zstd frame or one gzip member at 3 MB/s, killed four times at 30% of
     what is left: restarting from byte 0 sent 221-222% of the archive."""
     tree = _tree(seed=61, files=3, size=18 * MIB, random_share=0.7)
-    archive = _tar_with(tree, tmp_path, *compressor)
-    assert 36_000_000 <= len(archive) <= 46_000_000
-    digest = sha256(archive)
-    out = tmp_path / "out"
-    with Origin() as origin:
-        origin.add(PATH, archive, faults=Faults(drip_bytes_per_s=ISSUE_RATE))
-        command = [
-            sys.executable, "-m", "fetcher", origin.url(PATH), "-o", str(out), "--sha256", digest,
-            *ISSUE_FLAGS,
-        ]  # fmt: skip
-        run = kill_then_finish(origin, command, out, len(archive), [ISSUE_SHARE] * ISSUE_KILLS)
-    bound = int(ISSUE_MAX_RATIO * len(archive))
-    report(capsys, f"the issue, one stream by {' '.join(compressor)}", run, bound)
-    assert run.kills == ISSUE_KILLS
-    assert_fetched_right(run, out, Case("issue", archive, tree), digest, tmp_path)
-    assert run.total_sent <= bound
-    assert all(INSIDE.search(log) for log in run.logs[1:]), "a restart did not resume inside"
+    compressors = {
+        "one stream by zstd -3": ("zstd", "-3"),
+        "one stream by gzip -6": ("gzip", "-6", "-n"),
+    }
+    archives = {
+        name: _tar_with(tree, tmp_path / f"src-{index}", *compressor)
+        for index, (name, compressor) in enumerate(compressors.items())
+    }
+
+    def resumed_inside(run: KillRun) -> None:
+        assert all(INSIDE.search(log) for log in run.logs[1:]), "a restart did not resume inside"
+
+    run_the_issue(tmp_path, archives, tree, capsys, resumed_inside)
