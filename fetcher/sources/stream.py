@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterator
 import httpx
 
 from fetcher.errors import Interrupted
-from fetcher.http.body import paced_body
+from fetcher.http.body import paced_body, unread_bytes
 from fetcher.http.exchange import (
     Identity,
     NotSatisfiable,
@@ -77,9 +77,19 @@ class MirroredStream:
         self._identity = identity
         self._identity_url = targets[0].url if identity else ""
         self._straight = False
+        self._reading: httpx.Response | None = None  # the response whose body is being read
 
     def chunks(self) -> Generator[bytes, None, None]:
-        return _batched(self._unbatched(), lambda: self._straight)
+        return _batched(self._unbatched(), lambda: self._straight, self._more_queued)
+
+    def _more_queued(self) -> bool:
+        """Whether the next read will find bytes already here (unknown counts as yes): if
+        not, what was read goes on now instead of waiting with it on a stalled origin."""
+        response = self._reading
+        if response is None:
+            return False
+        queued = unread_bytes(response)
+        return queued is None or queued > 0
 
     def hand_over_as_read(self) -> None:
         """From now on each read goes on at once: whoever reads these chunks batches them."""
@@ -89,6 +99,8 @@ class MirroredStream:
         return None
 
     def _unbatched(self) -> Generator[bytes, None, None]:
+        if self._identity is not None and self._position == self._identity.length:
+            return  # resumed with every byte here (killed while finishing): nothing to ask
         failures_by_origin: list[str] = []
         for target in self._targets:
             gave_up = yield from self._from_origin(target)
@@ -180,6 +192,15 @@ class MirroredStream:
 
     def _body(self, response: httpx.Response, skip: int, length: int | None) -> Iterator[bytes]:
         body = paced_body(response, self._limiter, self._policy, self._check_stop, direct=True)
+        self._reading = response
+        try:
+            yield from self._skipping(body, skip)
+        finally:
+            self._reading = None
+        if length is not None and self._position < length:
+            raise Retryable(f"body ended at byte {self._position} of {length}")
+
+    def _skipping(self, body: Iterator[bytes], skip: int) -> Iterator[bytes]:
         for received in body:
             chunk = received
             if skip:
@@ -190,12 +211,12 @@ class MirroredStream:
             self.stats.bytes_received += len(chunk)
             self._position += len(chunk)
             yield chunk
-        if length is not None and self._position < length:
-            raise Retryable(f"body ended at byte {self._position} of {length}")
 
 
 def _batched(
-    chunks: Generator[bytes, None, None], straight: Callable[[], bool]
+    chunks: Generator[bytes, None, None],
+    straight: Callable[[], bool],
+    more_queued: Callable[[], bool],
 ) -> Generator[bytes, None, None]:
     pending: list[bytes] = []
     size = 0
@@ -206,7 +227,12 @@ def _batched(
                 started = time.monotonic()
             pending.append(item)
             size += len(item)
-            if size >= _BATCH_BYTES or time.monotonic() - started >= _BATCH_SECONDS or straight():
+            if (
+                size >= _BATCH_BYTES
+                or time.monotonic() - started >= _BATCH_SECONDS
+                or straight()
+                or not more_queued()
+            ):
                 yield b"".join(pending)
                 pending, size = [], 0
         if pending:

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from fetcher.commit import WORK_DIR_NAME
+from fetcher.state.checkpoint import CHECKPOINT_NAME
 from tests.fetcher.conftest import sha256
 from tests.support.archives import Tree, make_tree, py_archive, tree_snapshot, write_tree
+from tests.support.events import read_checkpoint, wait_until
 from tests.support.origin import Faults, Origin
 
 RATE = 2_000_000  # bytes/s for the single-purpose tests below
@@ -173,3 +176,34 @@ def test_a_part_file_lost_since_the_checkpoint_is_fetched_again(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert "download.part was recreated" in result.stderr
     assert (out / "model").read_bytes() == raw
+
+
+def test_bytes_that_came_before_a_stall_are_decoded_and_checkpointed_during_it(
+    tmp_path: Path,
+) -> None:
+    """One stream hands its reads on in batches of up to 1 MiB. A batch does not wait on an
+    origin that stalled: what came before the stall is decoded and made durable while the
+    connection hangs, so a kill then loses none of it."""
+    raw = random.Random(9).randbytes(3_000_000)
+    stall_at = 2_600_000  # two whole batches and part of a third
+    out = tmp_path / "out"
+    checkpoint = out / WORK_DIR_NAME / CHECKPOINT_NAME
+
+    def restored_to() -> int:
+        body = read_checkpoint(checkpoint) or {}
+        return int((body.get("restore") or {}).get("position") or 0)
+
+    with Origin() as origin:
+        origin.add("/raw", raw, faults=Faults(stall_after=stall_at, stall_times=1))
+        command = [
+            sys.executable, "-m", "fetcher", origin.url("/raw"), "-o", str(out),
+            "--format", "none", "--connections", "1", "--checkpoint-interval", "0",
+            "--timeout", "120",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: restored_to() == stall_at, what=f"a restore point at {stall_at}")
+            assert origin.bytes_sent("/raw") == stall_at  # still stalled: nothing more came
+        finally:
+            process.kill()
+            process.communicate()
