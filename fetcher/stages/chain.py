@@ -119,6 +119,7 @@ class Stages:
                 self._on_boundary,
                 lambda: self.restore_wanted(self._chunk_start),
                 mid_state,
+                continued=resume is not None,
                 on_frame_scanned=self._on_frame_scanned,
             )
         except StateError:

@@ -20,7 +20,7 @@ from fetcher.formats import SNIFF_COMPRESSION_BYTES, Compression, detect_compres
 from fetcher.stages.gzip_member import GzipMembers
 from fetcher.stages.midstream import MidState, RestoreWanted, never_wanted
 from fetcher.stages.shapes import OUTPUT_CHUNK, Chunk, Emit, OnBoundary
-from fetcher.stages.xz_blocks import XzStreams
+from fetcher.stages.xz_blocks import XzStreams, check_xz_padding
 from fetcher.stages.zstd.blocks import Continuation, Event, FrameScanner
 from fetcher.stages.zstd.dictionary import continuation_header, dictionary, entropy_section
 from fetcher.stages.zstd.entropy import PLACEHOLDER_HUFFMAN, predefined
@@ -624,6 +624,11 @@ PARALLEL_MAX_INPUT = 8 << 20
 PARALLEL_MAX_OUTPUT = 4 << 20
 
 
+# Formats whose readers skip zero bytes between frames: xz's stream padding, and the zeros
+# block-padding writers (tape and tar blocking) leave after gzip and bzip2 members.
+ZERO_PADDED = frozenset({Compression.XZ, Compression.GZIP, Compression.BZIP2})
+
+
 class AutoDecoder:
     """Picks the decoder from --format or, for auto, from the stream's first bytes."""
 
@@ -635,13 +640,20 @@ class AutoDecoder:
         restore_wanted: RestoreWanted = never_wanted,
         mid_state: MidState | None = None,
         *,
+        continued: bool = False,
         on_frame_scanned: OnBoundary = _ignore_boundary,
     ) -> None:
         """mid_state: carry on inside a frame or member (compression must then be given),
-        where there is no magic number to look at. on_frame_scanned: a frame ends at this
-        offset of the data being fed, to be reported by on_boundary only later, once decoded
-        (by a decoder decoding frames ahead on other threads)."""
+        where there is no magic number to look at. continued: carry on at a boundary between
+        frames or members of a stream begun before (compression given), where the stream may
+        end, or go on with the zero padding its format allows before another frame begins.
+        on_frame_scanned: a frame ends at this offset of the data being fed, to be reported
+        by on_boundary only later, once decoded (by a decoder decoding frames ahead on other
+        threads)."""
+        assert compression is not None or not (mid_state or continued)
         self._compression = compression
+        self._continued = continued and mid_state is None
+        self._padding = 0  # zero bytes skipped where a continued stream carries on
         self._on_detect = on_detect
         self._on_boundary = on_boundary
         self._on_frame_scanned = on_frame_scanned
@@ -649,19 +661,24 @@ class AutoDecoder:
         self._head_offset = 0  # bytes of the current feed that were held back as the head
         self._head = bytearray()
         self._inner: Decoder | None = None
+        # Known from the start when carrying on; else once the head shows it.
+        self._emit = on_detect(compression) if compression and (mid_state or continued) else None
         if mid_state is not None:
-            assert compression is not None
+            assert compression is not None and self._emit is not None
             self._inner = resume_decoder(
-                compression, mid_state, on_detect(compression), self._boundary, restore_wanted
+                compression, mid_state, self._emit, self._boundary, restore_wanted
             )
 
     def feed(self, data: Chunk) -> None:
         if self._inner is None:
             held = len(self._head)
-            self._head += data
+            skipped = self._skip_padding(data) if not held else 0
+            self._head += memoryview(data)[skipped:]
             if len(self._head) < max(SNIFF_COMPRESSION_BYTES, HEAD_BYTES):
                 return
-            self._head_offset = held  # boundary offsets below count from the held-back head
+            # Boundary offsets below count from the head: bytes held back from earlier
+            # feeds, or (negative) this feed's padding, which comes before it.
+            self._head_offset = held - skipped
             data = self._start()
             assert self._inner is not None
             self._inner.feed(data)
@@ -671,9 +688,22 @@ class AutoDecoder:
 
     def _boundary(self, offset: int) -> None:
         # While the held-back head is fed, offsets count from it; a boundary inside the head
-        # lies in chunks before this one and is not reported.
-        if not self._head_offset or offset >= self._head_offset:
+        # lies in chunks before this one and is not reported. (Otherwise an offset may be
+        # negative: a frame decoded on another thread ended in an earlier chunk.)
+        if self._head_offset <= 0 or offset >= self._head_offset:
             self._on_boundary(offset - self._head_offset)
+
+    def _skip_padding(self, data: Chunk) -> int:
+        """Where a continued stream carries on: how many zero bytes data starts with, if its
+        format allows padding there (the head then starts after them)."""
+        if not self._continued or self._compression not in ZERO_PADDED:
+            return 0
+        view = bytes(data)
+        skipped = len(view) - len(view.lstrip(b"\0"))
+        self._padding += skipped
+        if skipped < len(view) and self._compression is Compression.XZ:
+            check_xz_padding(self._padding)
+        return skipped
 
     def _scanned(self, offset: int) -> None:
         if offset >= self._head_offset:
@@ -690,7 +720,7 @@ class AutoDecoder:
                 "--format it has",
             )
         compression = wanted or found
-        emit = self._on_detect(compression)
+        emit = self._emit or self._on_detect(compression)
         if compression is Compression.ZSTD and frames_are_bounded(bytes(self._head)):
             self._inner = parallel_zstd(emit, self._boundary, self._scanned, self._restore_wanted)
         else:
@@ -705,6 +735,11 @@ class AutoDecoder:
 
     def finish(self) -> None:
         if self._inner is None:
+            if self._continued and not self._head:
+                # The stream ended at the boundary it carried on from, or after padding.
+                if self._compression is Compression.XZ:
+                    check_xz_padding(self._padding)
+                return
             head = self._start()  # a stream shorter than any magic number
             assert self._inner is not None
             self._inner.feed(head)
@@ -712,7 +747,11 @@ class AutoDecoder:
 
     @property
     def at_boundary(self) -> bool:
-        return self._inner is None or self._inner.at_boundary
+        if self._inner is None:
+            # Inside xz padding only at a multiple of four: a restore point there resumes
+            # counting it from zero.
+            return self._compression is not Compression.XZ or self._padding % 4 == 0
+        return self._inner.at_boundary
 
     def mid_state(self) -> MidState | None:
         return None if self._inner is None else self._inner.mid_state()

@@ -58,6 +58,16 @@ class _BadStream(ValueError):
     pass
 
 
+def check_xz_padding(size: int) -> None:
+    """Stream padding comes in whole groups of four zero bytes (the xz format, section 2.2);
+    xz itself calls any other count corrupt, and so does this reader."""
+    if size % 4:
+        raise CorruptArchive(
+            f"xz stream padding is {size} zero bytes, not a multiple of four",
+            "the file is damaged",
+        )
+
+
 def _crc(data: bytes | bytearray | memoryview, value: int = 0) -> bytes:
     return zlib.crc32(data, value).to_bytes(4, "little")
 
@@ -208,6 +218,7 @@ class XzStreams:
         self._output_chunk = output_chunk
         self.members = 0  # complete streams
         self._phase = _BETWEEN
+        self._padding = 0  # zero bytes since the last stream ended
         self._pending = bytearray()  # bytes of a fixed-size part collected so far
         self._need = 0  # that part's size
         self._decompressor: lzma.LZMADecompressor | None = None
@@ -278,10 +289,13 @@ class XzStreams:
         phase = self._phase
         if phase == _BETWEEN:
             found = _NOT_ZERO.search(data, pos)
-            if found is None:
-                return len(data)
-            self._expect(_STREAM_HEADER, _STREAM_HEADER_SIZE)
-            return found.start()
+            end = len(data) if found is None else found.start()
+            self._padding += end - pos
+            if found is not None:
+                check_xz_padding(self._padding)
+                self._padding = 0
+                self._expect(_STREAM_HEADER, _STREAM_HEADER_SIZE)
+            return end
         if phase == _BLOCK_DATA:
             return self._block_data(data, pos)
         if phase == _INDEX:
@@ -463,10 +477,13 @@ class XzStreams:
                 f"xz data ended inside stream {self.members + 1}",
                 "the download was cut short or the file is damaged",
             )
+        check_xz_padding(self._padding)
 
     @property
     def at_boundary(self) -> bool:
-        return self._phase == _BETWEEN
+        # Inside padding only at a multiple of four: a restore point there (carried on by a
+        # fresh reader) counts the rest from zero.
+        return self._phase == _BETWEEN and self._padding % 4 == 0
 
 
 _LIMITS: Final = {
