@@ -34,7 +34,7 @@ from fetcher.sourcefrom import add_options as add_source_from_options
 from fetcher.sourcefrom import from_args as source_from_configmap
 from fetcher.termination import DEFAULT_PATH as DEFAULT_TERMINATION_LOG
 from fetcher.termination import write_result
-from fetcher.units import parse_rate, parse_size
+from fetcher.units import parse_rate, parse_seconds, parse_size
 from fetcher.urls import basename, redact, validate_url
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -87,24 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="auto", metavar="|".join(FORMAT_CHOICES))
     parser.add_argument("--retries", metavar="N", type=int, default=5, help="per origin")
     parser.add_argument(
-        "--retry-wait", metavar="SECONDS", type=float, default=0.5,
+        "--retry-wait", metavar="SECONDS", default="0.5",
         help="first backoff; doubles per retry, with jitter, up to 30s",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", metavar="SECONDS", type=float, default=30.0,
+        "--timeout", metavar="SECONDS", default="30",
         help="give up on a read that returns nothing for this long",
     )  # fmt: skip
     parser.add_argument("--low-speed-limit", metavar="RATE", default="1K")
     parser.add_argument(
-        "--low-speed-time", metavar="SECONDS", type=float, default=60.0,
+        "--low-speed-time", metavar="SECONDS", default="60",
         help="a connection slower than --low-speed-limit for this long is retried",
     )  # fmt: skip
     parser.add_argument(
-        "--checkpoint-interval", metavar="SECONDS", type=float, default=2.0,
+        "--checkpoint-interval", metavar="SECONDS", default="2",
         help="how often progress is made durable for a resume after a crash",
     )  # fmt: skip
     parser.add_argument(
-        "--lock-wait", metavar="SECONDS", type=float, default=300.0,
+        "--lock-wait", metavar="SECONDS", default="300",
         help="how long to wait for another model-fetch working in DIR to finish",
     )  # fmt: skip
     parser.add_argument("--auth-from", metavar="env:NAME|file:PATH")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "container's termination message; default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--progress-interval", metavar="SECONDS", type=float, default=5.0,
+        "--progress-interval", metavar="SECONDS", default="5",
         help="seconds between progress lines when stderr is not a terminal",
     )  # fmt: skip
     add_source_from_options(parser)
@@ -234,22 +234,24 @@ def request_from_args(args: argparse.Namespace) -> FetchRequest:
         max_extracted=parse_size(args.max_extracted_size, what="--max-extracted-size"),
         retry=RetryPolicy(
             retries=args.retries,
-            base_wait=args.retry_wait,
-            read_timeout=args.timeout,
+            base_wait=parse_seconds(args.retry_wait, what="--retry-wait", zero=True),
+            read_timeout=parse_seconds(args.timeout, what="--timeout"),
             low_speed_limit=parse_rate(args.low_speed_limit, what="--low-speed-limit"),
-            low_speed_time=args.low_speed_time,
+            low_speed_time=parse_seconds(args.low_speed_time, what="--low-speed-time"),
         ),
         authorization=read_authorization(args.auth_from) if args.auth_from else None,
         password=read_password(args.password_from) if args.password_from else None,
         ca_bundle=args.ca_bundle,
         s3_endpoint=args.s3_endpoint,
         s3_region=args.s3_region,
-        checkpoint_interval=args.checkpoint_interval,
+        checkpoint_interval=parse_seconds(
+            args.checkpoint_interval, what="--checkpoint-interval", zero=True
+        ),
         connections=connections,
         grow_connections=grow,
         chunk_size=parse_size(args.chunk_size, what="--chunk-size"),
         max_disk_buffer=parse_size(args.max_disk_buffer, what="--max-disk-buffer"),
-        lock_wait=args.lock_wait,
+        lock_wait=parse_seconds(args.lock_wait, what="--lock-wait", zero=True),
     )
 
 
@@ -276,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         request = request_from_args(args)
-        progress = Progress(bar=sys.stderr.isatty(), interval=args.progress_interval)
+        interval = parse_seconds(args.progress_interval, what="--progress-interval")
+        progress = Progress(bar=sys.stderr.isatty(), interval=interval)
         result = fetch(request, stop=stop, progress=progress)
     except FetchError as error:
         return _fail(log, args, error.line(), error.exit_code)

@@ -1,7 +1,8 @@
-"""Sizes and rates as people write them: 256MiB, 1.5G, 200MB/s."""
+"""Sizes, rates and durations as people write them: 256MiB, 1.5G, 200MB/s, 0.5."""
 
 from __future__ import annotations
 
+import math
 import re
 
 from fetcher.errors import UsageError
@@ -41,6 +42,18 @@ def parse_rate(text: str, *, what: str = "rate") -> int:
     if stripped.lower().endswith("/s"):
         stripped = stripped[:-2]
     return parse_size(stripped, what=what)
+
+
+def parse_seconds(text: str, *, what: str, zero: bool = False) -> float:
+    """Seconds from '30' or '0.5': a finite number, above 0 (or 0 too, where zero)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "more than 0"
+        raise UsageError(f"{what} {text!r} is not a number of seconds", f"give {least}: 30, 0.5")
+    return value
 
 
 def human_bytes(count: float) -> str:

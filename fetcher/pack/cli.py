@@ -25,7 +25,7 @@ from fetcher.cpus import available_cpus
 from fetcher.errors import FetchError, Interrupted, UsageError
 from fetcher.pack.archive import pack
 from fetcher.pack.seektable import MAX_FRAME_DECOMPRESSED
-from fetcher.units import human_bytes, parse_size
+from fetcher.units import human_bytes, parse_seconds, parse_size
 
 _MIN_FRAME = 64 * 1024
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default SOURCE_DATE_EPOCH, else 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--progress-interval", metavar="SECONDS", type=float, default=5.0,
+        "--progress-interval", metavar="SECONDS", default="5",
         help="seconds between progress lines when stderr is not a terminal",
     )  # fmt: skip
     return parser
@@ -112,7 +112,11 @@ def _stop_on_sigterm() -> None:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    progress = _Progress(sys.stderr, args.progress_interval)
+    try:
+        interval = parse_seconds(args.progress_interval, what="--progress-interval")
+    except UsageError as error:
+        return _fail(error)
+    progress = _Progress(sys.stderr, interval)
     try:
         if not 1 <= args.level <= zstandard.MAX_COMPRESSION_LEVEL:
             raise UsageError(f"--level must be 1 to {zstandard.MAX_COMPRESSION_LEVEL}")
