@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         request = request_from_args(args)
-        interval = parse_seconds(args.progress_interval, what="--progress-interval")
+        interval = parse_seconds(args.progress_interval, what="--progress-interval", zero=True)
         progress = Progress(bar=sys.stderr.isatty(), interval=interval)
         result = fetch(request, stop=stop, progress=progress)
     except FetchError as error:

@@ -113,7 +113,7 @@ def _stop_on_sigterm() -> None:
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        interval = parse_seconds(args.progress_interval, what="--progress-interval")
+        interval = parse_seconds(args.progress_interval, what="--progress-interval", zero=True)
     except UsageError as error:
         return _fail(error)
     progress = _Progress(sys.stderr, interval)

@@ -176,7 +176,7 @@ def test_out_of_disk_exits_6_naming_the_cure(tmp_path: Path) -> None:
         ["--low-speed-time", "inf"],
         ["--checkpoint-interval", "-1"],
         ["--lock-wait", "forever"],
-        ["--progress-interval", "0"],
+        ["--progress-interval", "-1"],
     ],
 )
 def test_usage_errors_exit_2(bad: list[str]) -> None:
@@ -192,7 +192,7 @@ def test_usage_errors_exit_2(bad: list[str]) -> None:
         ]
 
 
-ZERO_REFUSED = ("--timeout", "--low-speed-time", "--progress-interval")
+ZERO_REFUSED = ("--timeout", "--low-speed-time")
 
 
 def test_a_terminal_gets_a_progress_bar(origin: Origin, tmp_path: Path) -> None:
