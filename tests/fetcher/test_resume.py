@@ -20,7 +20,7 @@ from fetcher.commit import WORK_DIR_NAME
 from fetcher.state.checkpoint import CHECKPOINT_NAME
 from tests.fetcher.conftest import sha256
 from tests.support.archives import Tree, make_tree, py_archive, tree_snapshot, write_tree
-from tests.support.events import read_checkpoint, wait_until
+from tests.support.events import restore_position, wait_until
 from tests.support.origin import Faults, Origin
 
 RATE = 2_000_000  # bytes/s for the single-purpose tests below
@@ -188,11 +188,6 @@ def test_bytes_that_came_before_a_stall_are_decoded_and_checkpointed_during_it(
     stall_at = 2_600_000  # two whole batches and part of a third
     out = tmp_path / "out"
     checkpoint = out / WORK_DIR_NAME / CHECKPOINT_NAME
-
-    def restored_to() -> int:
-        body = read_checkpoint(checkpoint) or {}
-        return int((body.get("restore") or {}).get("position") or 0)
-
     with Origin() as origin:
         origin.add("/raw", raw, faults=Faults(stall_after=stall_at, stall_times=1))
         command = [
@@ -202,7 +197,10 @@ def test_bytes_that_came_before_a_stall_are_decoded_and_checkpointed_during_it(
         ]  # fmt: skip
         process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: restored_to() == stall_at, what=f"a restore point at {stall_at}")
+            wait_until(
+                lambda: restore_position(checkpoint) == stall_at,
+                what=f"a restore point at {stall_at}",
+            )
             assert origin.bytes_sent("/raw") == stall_at  # still stalled: nothing more came
         finally:
             process.kill()

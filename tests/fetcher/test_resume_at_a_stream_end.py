@@ -26,7 +26,7 @@ from fetcher.formats import Compression
 from fetcher.stages.decode import AutoDecoder
 from fetcher.state.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from tests.support.archives import make_tree, tar_bytes, tree_snapshot, write_tree
-from tests.support.events import read_checkpoint, wait_until
+from tests.support.events import restore_position, wait_until
 from tests.support.origin import Faults, Origin
 
 TREE = make_tree(seed=3, n_files=5, total_bytes=3_000_000)
@@ -53,19 +53,13 @@ def _command(url: str, out: Path, fmt: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _restore_position(out: Path) -> int | None:
-    body = read_checkpoint(out / WORK_DIR_NAME / CHECKPOINT_NAME)
-    restore = (body or {}).get("restore") or {}
-    return restore.get("position")
-
-
 def _killed_at_the_stream_end(origin: Origin, out: Path, end: int, command: list[str]) -> None:
     """Run until the checkpoint says every stream ended at end (the origin holds back what
     follows), then kill -9."""
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(
-            lambda: _restore_position(out) == end,
+            lambda: restore_position(out / WORK_DIR_NAME / CHECKPOINT_NAME) == end,
             what=f"a restore point at byte {end}, where the last stream ends",
         )
     finally:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["PATIENCE_S", "checkpoint_progress", "read_checkpoint", "wait_until"]
+__all__ = ["PATIENCE_S", "checkpoint_progress", "read_checkpoint", "restore_position", "wait_until"]
 
 T = TypeVar("T")
 
@@ -49,6 +49,14 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     assert isinstance(data, dict) and isinstance(data.get("body"), dict), data
     body: dict[str, Any] = data["body"]
     return body
+
+
+def restore_position(path: Path) -> int | None:
+    """Where a resume from the checkpoint at ``path`` would carry on; None while there is no
+    checkpoint or it has no restore point yet."""
+    restore = (read_checkpoint(path) or {}).get("restore") or {}
+    position = restore.get("position")
+    return None if position is None else int(position)
 
 
 def checkpoint_progress(path: Path) -> int:
