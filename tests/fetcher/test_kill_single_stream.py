@@ -35,8 +35,8 @@ INSIDE = re.compile(r"from byte \d+ \(inside (a zstd frame|a gzip member|an xz s
 # 128 MiB window of zstd --long=27: each restore point there stores the whole frame's output
 # so far as its history, so the points lag more behind the kills, and over fifteen runs it
 # measured 0.35-0.65 (median 0.47).
-MAX_SHARE_OF_RESTARTING = 0.6
-MAX_SHARE_OF_RESTARTING_LONG_WINDOW = 0.8
+MAX_SHARE_OF_RESTARTING = {"zstd -19 --long=27": 0.8}
+MAX_SHARE_OF_RESTARTING_ELSE = 0.6
 
 
 def _tree(seed: int, files: int, size: int, random_share: float = 0.6) -> dict[str, bytes]:
@@ -111,13 +111,14 @@ def test_sigkill_inside_one_frame_or_member_resumes_inside_it(
         assert inside >= KILLS // 2, f"only {inside} resumes were inside the stream"
 
     runs = [(case, "1") for case in single_stream_cases]
-
-    def max_share(case: Case) -> float:
-        if "--long" in case.name:
-            return MAX_SHARE_OF_RESTARTING_LONG_WINDOW
-        return MAX_SHARE_OF_RESTARTING
-
-    run_kill_matrix(tmp_path, runs, max_share, capsys, resumed_inside)
+    assert set(MAX_SHARE_OF_RESTARTING) <= {case.name for case in single_stream_cases}
+    run_kill_matrix(
+        tmp_path,
+        runs,
+        lambda case: MAX_SHARE_OF_RESTARTING.get(case.name, MAX_SHARE_OF_RESTARTING_ELSE),
+        capsys,
+        resumed_inside,
+    )
 
 
 @pytest.mark.evidence
