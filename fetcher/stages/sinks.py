@@ -70,8 +70,8 @@ class ZipSink:
         self, tree: SafeTree, on_boundary: OnSinkBoundary, *, password: bytes | None,
         start: int = 0, resumed: SinkState | None = None,
     ) -> None:  # fmt: skip
-        # Imported here: the zip reader brings stream-unzip, its AES and cffi, about 45 ms of
-        # every start, which a fetch of anything else never needs.
+        # Imported here: the zip reader brings stream-unzip, its AES and cffi, about 18 ms of
+        # every start (docs/benchmarks.md), which a fetch of anything else never needs.
         from fetcher.stages.zip import ZipReader  # noqa: PLC0415
 
         self._reader: ZipReader = ZipReader(
