@@ -21,6 +21,7 @@ from tests.support.archives import (
     Tree,
     cli_archive,
     cli_compress,
+    fetched_tree,
     py_archive,
     tree_snapshot,
     write_tree,
@@ -42,12 +43,6 @@ def _expected(tmp_path: Path, tree: object = TREE) -> dict[str, object]:
     return dict(tree_snapshot(write_tree(tree, tmp_path / "expected")))  # type: ignore[arg-type]
 
 
-def _extracted(out: Path) -> dict[str, object]:
-    snapshot = dict(tree_snapshot(out))
-    assert snapshot.pop(MARKER_NAME)[0] == "file"
-    return snapshot
-
-
 @pytest.mark.parametrize("tool", ["zstd", "pzstd", "gzip", "xz", "bzip2", "none"])
 @pytest.mark.parametrize("tar_format", ["gnu", "posix"])
 def test_archives_made_by_the_real_tools_extract_byte_for_byte(
@@ -60,7 +55,7 @@ def test_archives_made_by_the_real_tools_extract_byte_for_byte(
     origin.add(name, archive)
     out = tmp_path / "out"
     assert run_fetch(origin.url(name), "--sha256", sha256(archive), "-o", out) == 0
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
 
 
 @pytest.mark.parametrize("codec", ["zst", "gz", "xz", "bz2", "none"])
@@ -72,7 +67,7 @@ def test_archives_made_by_python_in_one_or_many_frames(
     origin.add("/model", archive)
     out = tmp_path / "out"
     assert run_fetch(origin.url("/model"), "--sha256", sha256(archive), "-o", out) == 0
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
     marker = json.loads((out / MARKER_NAME).read_text())
     assert marker["sha256"] == sha256(archive)
     assert marker["bytes"] == len(archive)
@@ -183,7 +178,7 @@ def test_a_dropped_connection_continues_from_the_byte_reached(
     ranges = [r.headers.get("range") for r in origin.requests]
     assert ranges == [None, "bytes=300000-", "bytes=600000-"]
     assert origin.bytes_sent("/m") == len(archive)
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
 
 
 def test_an_origin_that_ignores_range_is_read_past_what_was_already_had(
@@ -195,7 +190,7 @@ def test_an_origin_that_ignores_range_is_read_past_what_was_already_had(
     assert run_fetch(origin.url("/m"), "--sha256", sha256(archive), "-o", out, *FAST_RETRIES) == 0
     assert [r.status for r in origin.requests] == [200, 200]
     assert "ignored the Range request" in capsys.readouterr().err
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
 
 
 def test_a_body_shorter_than_its_content_length_is_retried(origin: Origin, tmp_path: Path) -> None:
@@ -209,7 +204,7 @@ def test_a_body_shorter_than_its_content_length_is_retried(origin: Origin, tmp_p
     assert run_fetch(origin.url("/m"), "--sha256", sha256(archive), "-o", out, *FAST_RETRIES) == 0
     ranges = [r.headers.get("range") for r in origin.requests]
     assert ranges[:2] == [None, "bytes=100000-"]
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
 
 
 def test_a_content_length_larger_than_the_file_ends_in_416_with_everything_here(
@@ -220,7 +215,7 @@ def test_a_content_length_larger_than_the_file_ends_in_416_with_everything_here(
     out = tmp_path / "out"
     assert run_fetch(origin.url("/m"), "--sha256", sha256(archive), "-o", out, *FAST_RETRIES) == 0
     assert [r.status for r in origin.requests] == [200, 416]
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
 
 
 def test_a_failing_origin_hands_over_to_the_mirror_at_the_byte_reached(
@@ -236,7 +231,7 @@ def test_a_failing_origin_hands_over_to_the_mirror_at_the_byte_reached(
         assert [r.headers.get("range") for r in primary.requests] == [None, "bytes=250000-"]
         assert [r.headers.get("range") for r in mirror.requests] == ["bytes=500000-"]
     assert "trying the next origin" in capsys.readouterr().err
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
 
 
 def test_a_burst_of_5xx_is_retried_on_the_same_origin(origin: Origin, tmp_path: Path) -> None:
@@ -313,7 +308,7 @@ def test_a_changed_etag_mid_run(
     else:
         assert "the ETag changed" in err
         assert "starting over from byte 0" in err
-    assert _extracted(tmp_path / "o") == _expected(tmp_path)
+    assert fetched_tree(tmp_path / "o") == _expected(tmp_path)
 
 
 def test_a_changed_length_starts_over_from_byte_0(
@@ -418,7 +413,7 @@ def test_archives_in_ustar_and_gnu_formats(origin: Origin, tmp_path: Path) -> No
         origin.add(f"/m{fmt}", archive)
         out = tmp_path / f"out{fmt}"
         assert run_fetch(origin.url(f"/m{fmt}"), "-o", out) == 0
-        assert _extracted(out) == _expected(tmp_path / str(fmt))
+        assert fetched_tree(out) == _expected(tmp_path / str(fmt))
 
 
 def test_a_commit_cut_short_between_renames_is_finished_by_the_next_run(
@@ -446,4 +441,4 @@ def test_a_commit_cut_short_between_renames_is_finished_by_the_next_run(
     requests = len(origin.requests)
     assert run_fetch(*args) == 0
     assert len(origin.requests) == requests  # finished from the journal, no download
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)

@@ -15,7 +15,7 @@ import pytest
 
 from fetcher.request import AUTO_CONNECTIONS
 from tests.fetcher.conftest import run_fetch, sha256
-from tests.support.archives import make_tree, py_archive, tree_snapshot, write_tree
+from tests.support.archives import fetched_tree, make_tree, py_archive, tree_snapshot, write_tree
 from tests.support.origin import Faults, Origin
 
 TREE = dict(make_tree(seed=23, n_files=30, total_bytes=6_000_000))
@@ -27,12 +27,6 @@ HANDED_OVER = re.compile(
     rf"going on from byte (\d+) over {AUTO_CONNECTIONS} connections"
 )
 FAST = ["--retry-wait", "0.05", "--timeout", "5", "--chunk-size", "256K"]
-
-
-def _extracted(out: Path) -> object:
-    snapshot = tree_snapshot(out)
-    snapshot.pop(".model-fetch.json")
-    return snapshot
 
 
 def _expected(tmp_path: Path) -> object:
@@ -51,7 +45,7 @@ def test_a_capped_connection_hands_over_to_parallel_ranges(
     idle, position = int(handed.group(1)), int(handed.group(2))
     assert idle > 50
     assert 0 < position < len(ARCHIVE)
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
     assert f"sha256 {DIGEST} verified" in err
 
     requests = [r for r in origin.requests if r.range != "bytes=0-0"]  # the probe aside
@@ -82,7 +76,7 @@ def test_a_connection_that_reaches_the_bandwidth_cap_stays_alone(
     assert code == 0, err
     assert "going on from byte" not in err
     assert [r.range for r in origin.requests] == ["bytes=0-0", None]
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
 
 
 def test_an_explicit_count_starts_parallel_at_once(
@@ -94,7 +88,7 @@ def test_an_explicit_count_starts_parallel_at_once(
     assert "going on from byte" not in capsys.readouterr().err
     ranged = [r.range for r in origin.requests if r.range != "bytes=0-0"]
     assert ranged and all(r is not None and r.startswith("bytes=") for r in ranged)
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)
 
 
 def test_a_kill_after_the_hand_over_resumes_from_the_window(tmp_path: Path) -> None:
@@ -144,4 +138,4 @@ def test_a_kill_after_the_hand_over_resumes_from_the_window(tmp_path: Path) -> N
     assert reused and int(reused.group(1)) > 0, final.stderr
     # With a window to reuse, the restart goes straight to ranges.
     assert "going on from byte" not in final.stderr
-    assert _extracted(out) == _expected(tmp_path)
+    assert fetched_tree(out) == _expected(tmp_path)

@@ -26,7 +26,14 @@ from fetcher.commit import WORK_DIR_NAME
 from fetcher.request import AUTO_CONNECTIONS
 from fetcher.state.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tests.fetcher.conftest import sha256
-from tests.support.archives import Tree, make_tree, tar_bytes, tree_snapshot, write_tree
+from tests.support.archives import (
+    Tree,
+    fetched_tree,
+    make_tree,
+    tar_bytes,
+    tree_snapshot,
+    write_tree,
+)
 from tests.support.origin import Faults, Origin
 from tests.support.zips import cli_zip
 
@@ -229,8 +236,7 @@ def assert_fetched_right(run: KillRun, out: Path, case: Case, digest: str, tmp: 
     if isinstance(case.expected, bytes):
         assert (out / "model").read_bytes() == case.expected
     else:
-        snapshot = tree_snapshot(out)
-        snapshot.pop(".model-fetch.json")
+        snapshot = fetched_tree(out)
         assert snapshot == tree_snapshot(write_tree(case.expected, tmp / "expected"))
     assert not (out / WORK_DIR_NAME).exists()
 
@@ -539,8 +545,7 @@ def test_a_second_fetcher_on_the_same_dir_waits_then_resumes_the_first_ones_chec
 def assert_fetched_right_once(out: Path, case: Case, digest: str, tmp: Path, log: str) -> None:
     assert f"sha256 {digest} verified" in log
     assert not isinstance(case.expected, bytes)
-    snapshot = tree_snapshot(out)
-    snapshot.pop(".model-fetch.json")
+    snapshot = fetched_tree(out)
     assert snapshot == tree_snapshot(write_tree(case.expected, tmp / "expected"))
     assert not (out / WORK_DIR_NAME).exists()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.fetcher.conftest import run_fetch, sha256
-from tests.support.archives import make_tree, py_archive, tree_snapshot, write_tree
+from tests.support.archives import fetched_tree, make_tree, py_archive, tree_snapshot, write_tree
 from tests.support.events import checkpoint_progress, wait_until
 from tests.support.objectstores import (
     ACCESS_TOKEN,
@@ -94,12 +94,6 @@ def _expected_tree(tmp_path: Path) -> object:
     return tree_snapshot(write_tree(TREE, tmp_path / "expected"))
 
 
-def _fetched_tree(out: Path) -> object:
-    snapshot = tree_snapshot(out)
-    snapshot.pop(".model-fetch.json")
-    return snapshot
-
-
 def _last_line(err: str) -> str:
     return err.strip().splitlines()[-1]
 
@@ -118,7 +112,7 @@ def test_private_s3_object_with_keys_single_and_parallel_ranges(
         "--s3-endpoint", s3.url, "--connections", connections, "--chunk-size", "256K", *FAST,
     )  # fmt: skip
     assert code == 0
-    assert _fetched_tree(out) == _expected_tree(tmp_path)
+    assert fetched_tree(out) == _expected_tree(tmp_path)
 
 
 def test_endpoint_from_aws_endpoint_url_and_keys_never_logged(
@@ -143,7 +137,7 @@ def test_public_s3_object_anonymously(
         "--s3-endpoint", public_s3, "--chunk-size", "256K", *FAST,
     )  # fmt: skip
     assert code == 0
-    assert _fetched_tree(out) == _expected_tree(tmp_path)
+    assert fetched_tree(out) == _expected_tree(tmp_path)
 
 
 def test_mirror_pair_s3_then_https_takes_over_when_s3_refuses(
@@ -157,7 +151,7 @@ def test_mirror_pair_s3_then_https_takes_over_when_s3_refuses(
         "-o", out, "--sha256", DIGEST, "--s3-endpoint", s3.url, "--chunk-size", "256K", *FAST,
     )  # fmt: skip
     assert code == 0
-    assert _fetched_tree(out) == _expected_tree(tmp_path)
+    assert fetched_tree(out) == _expected_tree(tmp_path)
     assert origin.requests  # the https mirror did the work
 
 
@@ -173,7 +167,7 @@ def test_mirror_pair_s3_and_https_share_parallel_ranges(
         "--connections", "4", *FAST,
     )  # fmt: skip
     assert code == 0
-    assert _fetched_tree(out) == _expected_tree(tmp_path)
+    assert fetched_tree(out) == _expected_tree(tmp_path)
     assert any(r.status == 206 for r in origin.requests)
 
 
@@ -208,7 +202,7 @@ def test_s3_resume_after_sigkill(s3: S3, aws_env: pytest.MonkeyPatch, tmp_path: 
         assert final.returncode == 0, final.stderr
         assert "resuming from a checkpoint" in final.stderr
         assert f"sha256 {DIGEST} verified" in final.stderr
-        assert _fetched_tree(out) == _expected_tree(tmp_path)
+        assert fetched_tree(out) == _expected_tree(tmp_path)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -389,7 +383,7 @@ def test_gcs_object_with_application_default_credentials(
     )  # fmt: skip
     output = capsys.readouterr()
     assert code == 0
-    assert _fetched_tree(out) == _expected_tree(tmp_path)
+    assert fetched_tree(out) == _expected_tree(tmp_path)
     # One JWT grant, shared by every connection; neither the key nor the token is shown.
     assert [grant["grant_type"] for grant in token_server.grants] == [JWT_BEARER]
     private_key = json.loads(key.read_text())["private_key"]
@@ -420,7 +414,7 @@ def test_gcs_mirror_after_https(
         "-o", out, "--sha256", DIGEST, *FAST,
     )  # fmt: skip
     assert code == 0
-    assert _fetched_tree(out) == _expected_tree(tmp_path)
+    assert fetched_tree(out) == _expected_tree(tmp_path)
 
 
 GCS_DENIED = b"""<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>
@@ -503,7 +497,7 @@ def test_s3_region_option_is_the_region_requests_are_signed_for(
     )  # fmt: skip
     output = capsys.readouterr()
     assert code == 0, output.err
-    assert _fetched_tree(out) == _expected_tree(tmp_path)
+    assert fetched_tree(out) == _expected_tree(tmp_path)
     signed = [r.authorization or "" for r in origin.requests]
     assert signed
     assert all(
@@ -541,4 +535,4 @@ def test_gcs_key_file_that_cannot_be_loaded_is_not_taken_for_anonymous(
         "-o", tmp_path / "b", "--sha256", DIGEST, "--connections", "4", *FAST,
     )  # fmt: skip
     assert code == 0
-    assert _fetched_tree(tmp_path / "b") == _expected_tree(tmp_path)
+    assert fetched_tree(tmp_path / "b") == _expected_tree(tmp_path)

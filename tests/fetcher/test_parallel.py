@@ -14,9 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.state.marker import MARKER_NAME
 from tests.fetcher.conftest import run_fetch, sha256
-from tests.support.archives import Tree, make_tree, py_archive, tree_snapshot, write_tree
+from tests.support.archives import (
+    Tree,
+    fetched_tree,
+    make_tree,
+    py_archive,
+    tree_snapshot,
+    write_tree,
+)
 from tests.support.origin import Faults, Origin
 
 TREE: Tree = make_tree(seed=21, n_files=30, total_bytes=6_000_000)
@@ -29,12 +35,6 @@ def expected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return dict(tree_snapshot(write_tree(TREE, tmp_path_factory.mktemp("expected"))))
 
 
-def _extracted(out: Path) -> dict[str, object]:
-    snapshot = dict(tree_snapshot(out))
-    snapshot.pop(MARKER_NAME)
-    return snapshot
-
-
 def _ranges(origin: Origin) -> list[str]:
     return [r.headers.get("range", "") for r in origin.requests if r.method == "GET"]
 
@@ -45,7 +45,7 @@ def test_ranges_are_requested_in_order_over_several_connections(
     origin.add("/m", ARCHIVE)
     out = tmp_path / "out"
     assert run_fetch(origin.url("/m"), "--sha256", sha256(ARCHIVE), "-o", out, *PARALLEL) == 0
-    assert _extracted(out) == expected
+    assert fetched_tree(out) == expected
     requests = [r for r in origin.requests if r.headers.get("range") != "bytes=0-0"]
     starts = [int(r.headers["range"].split("=")[1].split("-")[0]) for r in requests]
     # Dispatched in order: when a range reaches the server, every range before it was already
@@ -89,7 +89,7 @@ def test_mirrors_share_the_work_and_a_dying_mirror_is_left(
         assert sum(r.status == 206 for r in mirror.requests) == 3
         assert sum(r.status == 206 for r in source.requests) > 3
         assert f"leaving origin {mirror.url('/m')}: HTTP 404" in capsys.readouterr().err
-    assert _extracted(out) == expected
+    assert fetched_tree(out) == expected
 
 
 def _bounded(ranges: list[str]) -> bool:
@@ -115,7 +115,7 @@ def test_dropped_ranges_and_5xx_bursts_are_finished_elsewhere(
     err = capsys.readouterr().err
     assert "set aside" in err
     assert "fetching over one connection" not in err
-    assert _extracted(out) == expected
+    assert fetched_tree(out) == expected
 
 
 def test_a_probe_answered_with_5xx_is_asked_again_before_parallel_ranges(
@@ -134,7 +134,7 @@ def test_a_probe_answered_with_5xx_is_asked_again_before_parallel_ranges(
     assert "no origin answered the range probe" in err
     assert "asking again" in err
     assert "fetching over one connection" not in err
-    assert _extracted(out) == expected
+    assert fetched_tree(out) == expected
 
 
 def test_a_probe_no_origin_answers_falls_back_to_one_stream_and_says_so(
@@ -159,7 +159,7 @@ def test_a_probe_no_origin_answers_falls_back_to_one_stream_and_says_so(
             f"{mirror.url('/m')}: HTTP 503): fetching over one connection"
         )
     assert line in capsys.readouterr().err
-    assert _extracted(out) == expected
+    assert fetched_tree(out) == expected
 
 
 def test_a_mirror_that_dies_mid_run_is_set_aside_and_the_source_finishes(
@@ -197,7 +197,7 @@ def test_a_mirror_that_dies_mid_run_is_set_aside_and_the_source_finishes(
     err = capsys.readouterr().err
     assert f"origin {mirror_url}: connection failed: [Errno 111] Connection refused" in err
     assert "set aside for" in err
-    assert _extracted(out) == expected
+    assert fetched_tree(out) == expected
 
 
 def test_an_etag_change_mid_run_starts_over_cleanly(
@@ -219,7 +219,7 @@ def test_an_etag_change_mid_run_starts_over_cleanly(
     err = capsys.readouterr().err
     assert "the source changed while being fetched" in err
     assert any(r.status == 412 for r in origin.requests)
-    assert _extracted(out) == expected
+    assert fetched_tree(out) == expected
 
 
 def _same_length_archives() -> tuple[Tree, bytes, Tree, bytes]:
@@ -268,8 +268,8 @@ def test_a_file_republished_without_etag_mid_run_is_never_mixed(
     else:  # refused by the origin
         assert any(r.status == 412 for r in origin.requests)
         assert "no longer serves the file with Last-Modified Mon, 01 Jan 2024" in err
-    assert _extracted(out) == dict(tree_snapshot(write_tree(new, tmp_path / "new")))
-    assert _extracted(out) != dict(tree_snapshot(write_tree(old, tmp_path / "old")))
+    assert fetched_tree(out) == dict(tree_snapshot(write_tree(new, tmp_path / "new")))
+    assert fetched_tree(out) != dict(tree_snapshot(write_tree(old, tmp_path / "old")))
 
 
 def test_a_source_that_keeps_changing_is_an_error_with_a_cure(
@@ -290,7 +290,7 @@ def test_an_origin_without_range_support_falls_back_to_one_stream(
     out = tmp_path / "out"
     assert run_fetch(origin.url("/m"), "--sha256", sha256(ARCHIVE), "-o", out, *PARALLEL) == 0
     assert "does not honour Range requests" in capsys.readouterr().err
-    assert _extracted(out) == expected
+    assert fetched_tree(out) == expected
 
 
 def _sample_disk(paths: list[Path], stop: threading.Event, peaks: dict[str, int]) -> None:

@@ -20,7 +20,7 @@ from fetcher.stages.chain import Stages
 from fetcher.stages.digest import ResumableSha256
 from fetcher.state.checkpoint import CHECKPOINT_NAME, Checkpoint, RequestIdentity, decode
 from fetcher.state.checkpointer import Checkpointer
-from tests.support.archives import make_tree, py_archive, tree_snapshot, write_tree
+from tests.support.archives import fetched_tree, make_tree, py_archive, tree_snapshot, write_tree
 
 TREE = make_tree(seed=3, n_files=30, total_bytes=3_000_000)
 # Frames of ~100 KB of input: many boundaries, most of them inside the chunks fed.
@@ -106,8 +106,7 @@ def test_fetch_runs_over_an_injected_transport(tmp_path: Path) -> None:
     )
     assert result.marker.files == len(TREE)
     assert [str(r.url) for r in requests] == ["https://models.example/m.tar.gz"]
-    snapshot = tree_snapshot(tmp_path / "out")
-    snapshot.pop(".model-fetch.json")
+    snapshot = fetched_tree(tmp_path / "out")
     assert snapshot == tree_snapshot(write_tree(TREE, tmp_path / "want"))
 
 

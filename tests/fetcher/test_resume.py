@@ -19,7 +19,14 @@ import pytest
 from fetcher.commit import WORK_DIR_NAME
 from fetcher.state.checkpoint import CHECKPOINT_NAME
 from tests.fetcher.conftest import sha256
-from tests.support.archives import Tree, make_tree, py_archive, tree_snapshot, write_tree
+from tests.support.archives import (
+    Tree,
+    fetched_tree,
+    make_tree,
+    py_archive,
+    tree_snapshot,
+    write_tree,
+)
 from tests.support.events import restore_position, wait_until
 from tests.support.origin import Faults, Origin
 
@@ -152,8 +159,7 @@ def test_a_mirror_answering_the_resume_with_another_file_starts_over(
     assert probes[-1] == 206  # the mirror answered the resumed run's probe
     why = "the length changed" if change == "length" else "the ETag changed"
     assert f"the source changed since the checkpoint ({why}" in result.stderr
-    snapshot = tree_snapshot(out)
-    snapshot.pop(".model-fetch.json")
+    snapshot = fetched_tree(out)
     assert snapshot == tree_snapshot(write_tree(new_tree, tmp_path / "expected"))
 
 

@@ -25,7 +25,7 @@ from fetcher.errors import CorruptArchive
 from fetcher.formats import Compression
 from fetcher.stages.decode import AutoDecoder
 from fetcher.state.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from tests.support.archives import make_tree, tar_bytes, tree_snapshot, write_tree
+from tests.support.archives import fetched_tree, make_tree, tar_bytes, tree_snapshot, write_tree
 from tests.support.events import restore_position, wait_until
 from tests.support.origin import Faults, Origin
 
@@ -69,8 +69,7 @@ def _killed_at_the_stream_end(origin: Origin, out: Path, end: int, command: list
 
 
 def _assert_extracted(out: Path, tmp: Path) -> None:
-    snapshot = tree_snapshot(out)
-    snapshot.pop(".model-fetch.json")
+    snapshot = fetched_tree(out)
     assert snapshot == tree_snapshot(write_tree(TREE, tmp / "expected"))
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.archives import py_archive, tree_snapshot, write_tree
+from tests.support.archives import fetched_tree, py_archive, tree_snapshot, write_tree
 from tests.support.origin import Origin
 
 TREE = {
@@ -105,6 +105,5 @@ def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_
             earlier.st_mtime_ns,
             earlier.st_ctime_ns,
         ), name
-    snapshot = tree_snapshot(out)
-    snapshot.pop(".model-fetch.json")
+    snapshot = fetched_tree(out)
     assert snapshot == tree_snapshot(write_tree(TREE, tmp_path / "expected"))

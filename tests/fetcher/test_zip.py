@@ -22,7 +22,7 @@ from fetcher.commit import WORK_DIR_NAME
 from fetcher.state.checkpoint import CHECKPOINT_NAME
 from fetcher.state.marker import MARKER_NAME
 from tests.fetcher.conftest import FAST_RETRIES, run_fetch, sha256
-from tests.support.archives import Dir, File, Symlink, Tree, tree_snapshot, write_tree
+from tests.support.archives import Dir, File, Symlink, Tree, fetched_tree, tree_snapshot, write_tree
 from tests.support.origin import Faults, Origin
 from tests.support.zips import cli_zip, py_zip, sevenz_zip
 
@@ -39,12 +39,6 @@ PASSWORD = "correct horse battery staple"
 
 def _expected(tmp_path: Path, tree: Tree = TREE) -> dict[str, object]:
     return dict(tree_snapshot(write_tree(tree, tmp_path / "expected")))
-
-
-def _extracted(out: Path) -> dict[str, object]:
-    snapshot = dict(tree_snapshot(out))
-    assert snapshot.pop(MARKER_NAME)[0] == "file"
-    return snapshot
 
 
 def _fetch(origin: Origin, name: str, body: bytes, out: Path, *args: str | Path) -> int:
@@ -73,7 +67,7 @@ def test_info_zip_archives_extract_byte_for_byte(
         assert all(i.flag_bits & 0x08 for i in listed if not i.is_dir())
     out = tmp_path / "out"
     assert _fetch(origin, "/model.zip", archive, out, "--sha256", sha256(archive)) == 0
-    assert _extracted(out) == _expected(tmp_path, tree)
+    assert fetched_tree(out) == _expected(tmp_path, tree)
     marker = json.loads((out / MARKER_NAME).read_text())
     assert marker["format"] == "zip"
     assert marker["bytes"] == len(archive)
@@ -101,7 +95,7 @@ def test_python_zipfile_archives_extract_byte_for_byte(
     archive = py_zip(tree, method, streamed=streamed)
     out = tmp_path / "out"
     assert _fetch(origin, "/m", archive, out, "--format", "zip") == 0
-    assert _extracted(out) == _expected(tmp_path, tree)
+    assert fetched_tree(out) == _expected(tmp_path, tree)
 
 
 def test_deflate64_from_7z_extracts(origin: Origin, tmp_path: Path) -> None:
@@ -110,7 +104,7 @@ def test_deflate64_from_7z_extracts(origin: Origin, tmp_path: Path) -> None:
     assert 9 in {i.compress_type for i in zipfile.ZipFile(io.BytesIO(archive)).infolist()}
     out = tmp_path / "out"
     assert _fetch(origin, "/model.zip", archive, out) == 0
-    assert _extracted(out) == _expected(tmp_path, tree)
+    assert fetched_tree(out) == _expected(tmp_path, tree)
 
 
 @pytest.mark.parametrize(("method", "name"), [(zipfile.ZIP_LZMA, "lzma")])
@@ -261,7 +255,7 @@ def test_encrypted_zips_extract_with_the_password_from_env_or_file(
                   "--termination-log", log, "--log-format", "json")  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
-    assert _extracted(out) == _expected(tmp_path, SECRET_TREE)
+    assert fetched_tree(out) == _expected(tmp_path, SECRET_TREE)
     assert PASSWORD not in err
     assert PASSWORD not in log.read_text()
     assert json.loads(log.read_text())["status"] == "ok"
@@ -351,4 +345,4 @@ def test_the_password_is_in_no_checkpoint_log_or_termination_message_after_a_sto
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming from a checkpoint: byte " in rerun.stderr
     assert PASSWORD not in rerun.stderr
-    assert _extracted(out) == _expected(tmp_path, big)
+    assert fetched_tree(out) == _expected(tmp_path, big)

@@ -37,6 +37,8 @@ from typing import Literal
 import lz4.frame
 import zstandard
 
+from fetcher.state.marker import MARKER_NAME
+
 __all__ = [
     "Codec",
     "Dir",
@@ -49,6 +51,7 @@ __all__ = [
     "cli_archive",
     "cli_compress",
     "compress",
+    "fetched_tree",
     "make_tree",
     "py_archive",
     "tar_bytes",
@@ -296,6 +299,15 @@ def tree_snapshot(root: Path) -> Snapshot:
             else:
                 snap[rel] = ("other", stat.S_IMODE(st.st_mode), b"")
     return dict(sorted(snap.items()))
+
+
+def fetched_tree(out: Path) -> Snapshot:
+    """``tree_snapshot`` of a finished fetch's output without its completion marker, which must
+    be there as a regular file: what is left is what the archive put there."""
+    snap = tree_snapshot(out)
+    marker = snap.pop(MARKER_NAME, None)
+    assert marker is not None and marker[0] == "file", f"no completion marker in {out}: {marker}"
+    return snap
 
 
 _ALPHABET = b"etaoin shrdlu\ncmfwypvbgkqjxz0123456789{}[]:,._-\"'ETAOINSHRDLU"
