@@ -1,13 +1,15 @@
 """model-fetch at two or more revisions, interleaved run by run: which one is faster, and why.
 
     .venv/bin/python bench/revisions.py 1b58caa HEAD [--connections 8,1] [--runs 4]
+        [--archive zstd|pack]
 
 On this virtual machine a fetch's system time swings two- to five-fold with the state of
 the host's memory (docs/benchmarks.md), so two revisions are only comparable when their
 runs alternate within minutes. Each revision's ``fetcher/`` is exported as ``fetch.py
 --fetcher-rev`` does, each run fetches the unthrottled scenario's archive from a private
 loopback nginx into a fresh folder (the archive read through the page cache and ``sync``
-first, untimed), and the rusage of that one process is kept: wall, user and system seconds
+first, untimed; ``--archive pack``: the same tree as ``model-fetch pack`` makes it, see
+``fetch.py``), and the rusage of that one process is kept: wall, user and system seconds
 and peak RSS. Prints medians per revision and connection count, and the best wall time.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import _dataset  # bench/ is on sys.path when this file runs as a script
 import _nginx
+import _pack
 from fetch import export_fetcher, warm
 
 BENCH = Path(__file__).resolve().parent
@@ -63,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--size-gib", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--archive", choices=("zstd", "pack"), default="zstd")
     args = parser.parse_args(argv)
-    dataset = _dataset.ensure(WORK / "data", int(args.size_gib * 2**30), args.seed)
+    size = int(args.size_gib * 2**30)
+    if args.archive == "pack":
+        dataset = _pack.ensure(size, args.seed)
+    else:
+        dataset = _dataset.ensure(WORK / "data", size, args.seed)
     commands = {rev: export_fetcher(rev)[1] for rev in args.revisions}
     counts = args.connections.split(",")
     config = _nginx.NginxConfig(
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"rss {run.rss_mib:.0f} MiB",
                         file=sys.stderr,
                     )
-    print(f"\nmedians of {args.runs} interleaved rounds\n")
+    print(f"\n{dataset.archive.name}: medians of {args.runs} interleaved rounds\n")
     print(
         "| revision | connections | wall (s) | best wall (s) | user (s) | system (s) "
         "| peak RSS (MiB) |"
