@@ -59,7 +59,62 @@ def apply_response(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, A
 
 
 def assert_valid_pod(pod: dict[str, Any]) -> None:
+    """The pod schema, and the apiserver's own checks on names and paths that no schema states."""
     kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    assert apiserver_objections(pod) == []
+
+
+# Fields the apiserver forbids in containers of a pod whose spec.os.name is windows.
+_LINUX_ONLY = (
+    "runAsUser",
+    "runAsGroup",
+    "allowPrivilegeEscalation",
+    "capabilities",
+    "seccompProfile",
+    "readOnlyRootFilesystem",
+    "procMount",
+    "seLinuxOptions",
+)
+
+
+def apiserver_objections(pod: dict[str, Any]) -> list[str]:
+    """What the apiserver's pod validation would refuse among the rules a patch can break:
+    duplicate volume or container names, two mounts at one path or of a missing volume in one
+    container, Linux-only security fields in a Windows pod."""
+    spec = pod.get("spec") or {}
+    objections = []
+    volumes = [volume["name"] for volume in spec.get("volumes") or []]
+    objections += [f"volume {name!r} twice" for name in _duplicates(volumes)]
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    objections += [f"container {n!r} twice" for n in _duplicates(c["name"] for c in containers)]
+    windows = (spec.get("os") or {}).get("name") == "windows"
+    for container in containers:
+        mounts = container.get("volumeMounts") or []
+        paths = _duplicates(mount["mountPath"] for mount in mounts)
+        objections += [f"{container['name']}: two mounts at {path}" for path in paths]
+        objections += [
+            f"{container['name']}: a mount of the missing volume {mount['name']!r}"
+            for mount in mounts
+            if mount["name"] not in volumes
+        ]
+        if windows:
+            context = container.get("securityContext") or {}
+            objections += [
+                f"{container['name']}: securityContext.{field} in a Windows pod"
+                for field in _LINUX_ONLY
+                if field in context
+            ]
+    return objections
+
+
+def _duplicates(names: Any) -> list[str]:
+    seen: set[str] = set()
+    repeated = []
+    for name in names:
+        if name in seen:
+            repeated.append(name)
+        seen.add(name)
+    return repeated
 
 
 def injected_init_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:

@@ -187,6 +187,22 @@ SECRET_SHAPES = {
     "named-model": ("tokenizer.source", f"https://u:{SECRET}@models.example.com/t"),
     "unknown-key": ("sourse", f"https://u:{SECRET}@models.example.com/m"),
     "s3-endpoint": ("s3-endpoint", f"http://minio:{SECRET}@minio.storage.svc:9000"),
+    # A mistyped separator: the refusal quotes exactly such a value.
+    "one-slash": ("source", f"https:/alice:{SECRET}@models.example.com/m"),
+    "no-colon": ("source", f"https//alice:{SECRET}@models.example.com/m"),
+    "no-slashes": ("source", f"https:alice:{SECRET}@models.example.com/m"),
+    "backslashes": ("source", f"https:\\\\alice:{SECRET}@models.example.com/m"),
+    "mirror-one-slash": (
+        "mirrors",
+        f"https://ok.example.com/m,https:/bob:{SECRET}@mirror.example.com/m",
+    ),
+    # A parameter name percent-encoded is the same name to the origin.
+    "encoded-token-name": ("source", f"https://h.example.com/m?%74oken={SECRET}"),
+    "encoded-signature-name": (
+        "source",
+        f"https://b.s3.amazonaws.com/m?X-Amz-%53ignature={SECRET}",
+    ),
+    "twice-encoded-key-name": ("source", f"https://h.example.com/m?api%255Fk%2565y={SECRET}"),
 }
 
 
@@ -282,6 +298,9 @@ def test_redact_hides_any_password_and_any_credential_parameter(secret: str) -> 
         'models.example.com/source: "https://user:{}@host.example.com/p" is not valid',
         "https://host.example.com/p?a=1&X-Amz-Signature={}&b=2",
         "see https://host.example.com/p#access_token={}",
+        "https:/user:{}@host.example.com/path",
+        'models.example.com/source: "https//user:{}@host.example.com/p" is not valid',
+        "https://host.example.com/p?%74oken={}",
     ):
         # A secret that is also part of the text around it ("http") cannot be told apart.
         assume(secret not in template.replace("{}", "\0"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import jsonpatch
 import pytest
@@ -109,8 +110,8 @@ def test_existing_volume_name_is_a_collision() -> None:
     with pytest.raises(Refused) as caught:
         mutate_pod(pod, DEFAULTS)
     assert caught.value.message == (
-        "the pod already has a volume named 'model-ca', which models.example.com/source would "
-        "add; expected no volume of that name"
+        "the pod already has a volume named 'model-ca', which models.example.com/ca-bundle "
+        "would add; expected no volume of that name"
     )
 
 
@@ -157,6 +158,12 @@ def test_unknown_fields_survive_the_patch() -> None:
             "object.spec.containers[0].volumeMounts[0].mountPath: expected a string",
         ),
         (lambda pod: pod["spec"].update(volumes=[3]), "object.spec.volumes[0]: expected an object"),
+        (
+            lambda pod: pod["metadata"].update(namespace=123),
+            "object.metadata.namespace: expected a string",
+        ),
+        (lambda pod: pod["spec"].update(os="windows"), "object.spec.os: expected an object"),
+        (lambda pod: pod["spec"].update(os={"name": 1}), "object.spec.os.name: expected a string"),
     ],
 )
 def test_misshapen_pods_are_malformed_not_crashes(breakage: object, message: str) -> None:
@@ -182,3 +189,121 @@ def test_restricted_check_catches_a_host_path_volume() -> None:
     patched = apply(make_pod(model_annotations(source=SOURCE)))
     patched["spec"]["volumes"][0] = {"name": "model", "hostPath": {"path": "/srv"}}
     assert restricted_violations(patched, "model-fetch") == ["volume model of type {'hostPath'}"]
+
+
+# --- names and paths of the injected objects that would clash among themselves --------------
+
+# Each pair of models asks for a volume of the same name: the default model's CA or Google key
+# volume (model-ca, model-credentials) and the model volume of a model called after it.
+VOLUME_CLASHES = {
+    "ca-bundle and a model named ca": (
+        model_annotations(source=SOURCE, ca_bundle="corp-ca", ca__source=SOURCE),
+        "models.example.com/ca.source and models.example.com/ca-bundle would both add a "
+        "volume named 'model-ca'",
+    ),
+    "a named model's ca-bundle and a model named ca-<name>": (
+        {
+            **model_annotations(x__source=SOURCE, x__ca_bundle="corp-ca"),
+            "models.example.com/ca-x.source": SOURCE,
+        },
+        "volume named 'model-ca-x'",
+    ),
+    "gs credentials and a model named credentials": (
+        model_annotations(
+            source="gs://ml-models/m.tar.zst", credentials_secret="gcs", credentials__source=SOURCE
+        ),
+        "would both add a volume named 'model-credentials'",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("annotations", "said"), VOLUME_CLASHES.values(), ids=VOLUME_CLASHES.keys()
+)
+def test_two_models_that_would_add_volumes_of_one_name_are_refused(
+    annotations: dict[str, str], said: str
+) -> None:
+    settings = Settings(allowed_schemes=["https", "gs"])
+    with pytest.raises(Refused) as caught:
+        mutate_pod(make_pod(annotations), settings)
+    assert said in caught.value.message
+    assert "expected model names whose volumes do not clash" in caught.value.message
+
+
+FETCH_MOUNT_CLASHES = {
+    "the CA bundle's folder": ({"ca_bundle": "corp-ca"}, "/etc/model-fetch/ca"),
+    "around the CA bundle": ({"ca_bundle": "corp-ca"}, "/etc/model-fetch"),
+    "inside the CA bundle": ({"ca_bundle": "corp-ca"}, "/etc/model-fetch/ca/m"),
+    "the whole of /etc": ({"ca_bundle": "corp-ca"}, "/etc"),
+    "the Google key's folder": (
+        {"source": "gs://ml-models/m", "credentials_secret": "gcs"},
+        "/var/run/secrets/model-fetch",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("keys", "mount_path"), FETCH_MOUNT_CLASHES.values(), ids=FETCH_MOUNT_CLASHES.keys()
+)
+def test_a_mount_path_on_or_around_the_fetch_containers_own_mounts_is_refused(
+    keys: dict[str, str], mount_path: str
+) -> None:
+    settings = Settings(allowed_schemes=["https", "gs"])
+    annotations = model_annotations(**{"source": SOURCE, **keys, "mount_path": mount_path})
+    with pytest.raises(Refused) as caught:
+        mutate_pod(make_pod(annotations), settings)
+    assert caught.value.message.startswith(
+        f'models.example.com/mount-path: "{mount_path}" is not valid; expected a path apart from '
+    )
+
+
+def test_a_named_models_mount_path_is_held_to_its_own_ca_folder() -> None:
+    annotations = model_annotations(
+        source=SOURCE,
+        tok__source=SOURCE,
+        tok__ca_bundle="corp-ca",
+        tok__mount_path="/etc/model-fetch/ca-tok",
+    )
+    with pytest.raises(Refused) as caught:
+        mutate_pod(make_pod(annotations), DEFAULTS)
+    assert "where the fetch container reads the CA bundle of ca-bundle" in caught.value.message
+
+
+def test_a_mount_path_beside_the_fetch_containers_own_mounts_is_injected() -> None:
+    # Sharing a prefix is not lying inside: /etc/model-fetch/cache is apart from .../ca.
+    for mount_path in ("/etc/model-fetch/cache", "/etc/model-fetch/ca-other", "/etc/models"):
+        annotations = model_annotations(source=SOURCE, ca_bundle="corp-ca", mount_path=mount_path)
+        patched = apply(make_pod(annotations))
+        fetch = patched["spec"]["initContainers"][0]
+        assert [m["mountPath"] for m in fetch["volumeMounts"]] == [
+            mount_path,
+            "/etc/model-fetch/ca",
+        ]
+
+
+def test_a_windows_pod_that_asks_for_a_model_is_refused() -> None:
+    pod = make_pod(model_annotations(source=SOURCE))
+    pod["spec"]["os"] = {"name": "windows"}
+    with pytest.raises(Refused) as caught:
+        mutate_pod(pod, DEFAULTS)
+    assert caught.value.message == (
+        "spec.os.name is 'windows', but models.example.com/source asks for a model, whose fetch "
+        "container runs on Linux only; expected a Linux pod (spec.os.name linux or unset)"
+    )
+    pod["spec"]["os"] = {"name": "linux"}
+    assert apply(pod)["spec"]["initContainers"][0]["name"] == "model-fetch"
+    windows_without_models = make_pod(None)
+    windows_without_models["spec"]["os"] = {"name": "windows"}
+    assert mutate_pod(windows_without_models, DEFAULTS).patch == []
+
+
+@pytest.mark.parametrize("status", ["bogus", "", "false", "Injected"])
+def test_a_status_other_than_injected_is_refused_not_taken_for_done(status: str) -> None:
+    # Otherwise any value switches injection off and every check with it.
+    pod = make_pod(model_annotations(source=SOURCE, sha256="abc", sourse=SOURCE, status=status))
+    with pytest.raises(Refused) as caught:
+        mutate_pod(pod, DEFAULTS)
+    assert caught.value.message.startswith(
+        f"models.example.com/status: {json.dumps(status)} is not valid; expected 'injected', "
+        "which the webhook itself sets on a pod it injected"
+    )

@@ -17,11 +17,16 @@ from tests.webhook.restricted import restricted_violations
 from webhook.app import create_app
 from webhook.core.settings import Settings
 
-APP = create_app(Settings(allowed_schemes=["https", "http", "s3"], require_sha256=False))
+APP = create_app(Settings(allowed_schemes=["https", "http", "s3", "gs"], require_sha256=False))
 PREFIX = "models.example.com/"
 
 VALUES: dict[str, list[str]] = {
-    "source": ["https://models.example.com/m.tar.zst", "http://cache.local:8080/m", "s3://b/k"],
+    "source": [
+        "https://models.example.com/m.tar.zst",
+        "http://cache.local:8080/m",
+        "s3://b/k",
+        "gs://ml-models/k",
+    ],
     "sha256": ["ab" * 32, "AB" * 32],
     "mirrors": ["https://a.example.com/m", "https://a.example.com/m,https://b.example.com/m"],
     "mount-path": ["/models", "/data/m", "/cache", "/models/tok"],
@@ -44,7 +49,8 @@ VALUES: dict[str, list[str]] = {
 # Values that are valid on their own but refused in some combinations, or simply wrong.
 ODD_VALUES: dict[str, list[str]] = {
     "sha256": ["abc"],
-    "mount-path": ["relative", "/"],
+    # The fetch container's own mounts: the CA bundle's, the Google key file's, one around both.
+    "mount-path": ["relative", "/", "/etc/model-fetch/ca", "/var/run/secrets/model-fetch", "/etc"],
     "containers": ["ghost", "sidecar"],
     "volume": ["pvc", "hostPath"],
     "pvc-name": ["model-store"],
@@ -52,8 +58,10 @@ ODD_VALUES: dict[str, list[str]] = {
     "size-limit": ["lots"],
     "cpu-request": ["4"],
     "memory-limit": ["32Mi"],
+    "status": ["bogus", "false"],
 }
-MODEL_SCOPES = ["", "tok.", "embed-2."]
+# "ca" and "credentials": named so that their volumes are the default model's CA and key volumes.
+MODEL_SCOPES = ["", "tok.", "embed-2.", "ca.", "credentials."]
 ODD_SCOPES = ["Bad.", "default.", "x" * 52 + "."]
 RARE_KEYS = ["status", "unknown-key"]
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
@@ -115,6 +123,8 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
         return result
 
     spec: dict[str, Any] = {"containers": [container(name) for name in names]}
+    if rarely(draw):
+        spec["os"] = {"name": draw(st.sampled_from(["linux", "windows"]))}
     if volume_names or draw(st.booleans()):
         spec["volumes"] = [{"name": name, "emptyDir": {}} for name in volume_names]
     init_pool = ["setup", "migrate", "model-fetch"] if rarely(draw) else ["setup", "migrate"]
@@ -196,7 +206,15 @@ JSON = st.recursive(
 def damaged_reviews(draw: st.DrawFn) -> Any:
     review = review_for(draw(pods()))
     path = draw(
-        st.sampled_from([(), ("request",), ("request", "object"), ("request", "object", "spec")])
+        st.sampled_from(
+            [
+                (),
+                ("request",),
+                ("request", "object"),
+                ("request", "object", "metadata"),
+                ("request", "object", "spec"),
+            ]
+        )
     )
     node: Any = review
     for step in path:

@@ -3,7 +3,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fetcher.errors import UsageError
+from fetcher.units import parse_size
 from webhook.core.quantities import (
     is_fetcher_rate,
     is_fetcher_size,
@@ -46,7 +50,9 @@ def test_fetcher_sizes(text: str) -> None:
     assert is_fetcher_size(text)
 
 
-@pytest.mark.parametrize("text", ["", "0", "256 MiB", "1T", "1g", "-5M", "MiB", "1Gi/s"])
+@pytest.mark.parametrize(
+    "text", ["", "0", "256 MiB", "1T", "1g", "-5M", "MiB", "1Gi/s", "0.5", "0.9B", "0.0009K"]
+)
 def test_fetcher_sizes_refused(text: str) -> None:
     assert not is_fetcher_size(text)
 
@@ -56,6 +62,25 @@ def test_fetcher_rates(text: str) -> None:
     assert is_fetcher_rate(text)
 
 
-@pytest.mark.parametrize("text", ["200MB/h", "fast", "0/s", "/s"])
+@pytest.mark.parametrize("text", ["200MB/h", "fast", "0/s", "/s", "0.5/s", "0.5B/s"])
 def test_fetcher_rates_refused(text: str) -> None:
     assert not is_fetcher_rate(text)
+
+
+@given(
+    whole=st.integers(0, 2) | st.integers(0, 10**6),  # the boundary at one byte, and beyond
+    fraction=st.none() | st.from_regex(r"\A[0-9]{1,6}\Z"),
+    unit=st.sampled_from(["", "K", "M", "G", "Ki", "Mi", "Gi"]),
+    b=st.booleans(),
+)
+def test_a_size_the_webhook_admits_is_one_the_fetcher_takes(
+    whole: int, fraction: str | None, unit: str, b: bool
+) -> None:
+    # Admitting what the fetcher refuses would leave the pod in Init:Error with exit 2.
+    text = f"{whole}{'.' + fraction if fraction else ''}{unit}{'B' if b else ''}"
+    try:
+        parse_size(text)
+        fetcher_takes = True
+    except UsageError:
+        fetcher_takes = False
+    assert is_fetcher_size(text) == fetcher_takes, text

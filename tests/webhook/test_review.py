@@ -124,3 +124,25 @@ def test_validate_passes_warnings_for_missing_digest() -> None:
     assert response["warnings"] == [
         "models.example.com/sha256 is not set: the download will not be verified"
     ]
+
+
+@pytest.mark.parametrize("namespace", [123, {}, ["ml"], None])
+def test_a_workload_namespace_that_is_not_a_string_never_reaches_the_logs(
+    namespace: object,
+) -> None:
+    # The request's fields are checked; a workload's own metadata is not read as a pod's is.
+    review = load_review("workload-deployment-create.json")
+    del review["request"]["namespace"]
+    review["request"]["object"]["metadata"]["namespace"] = namespace
+    outcome = validate_review(review, Settings())
+    assert outcome.identity["namespace"] == ""
+    assert all(isinstance(value, str) for value in outcome.identity.values())
+
+
+def test_a_pod_namespace_that_is_not_a_string_is_malformed() -> None:
+    pod = make_pod(model_annotations(source="https://models.example.com/m.tar.zst"))
+    pod["metadata"]["namespace"] = 123
+    review = review_for(pod)
+    del review["request"]["namespace"]
+    with pytest.raises(MalformedReview, match=r"object\.metadata\.namespace: expected a string"):
+        mutate_review(review, Settings())

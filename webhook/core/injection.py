@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from webhook.core.annotations import INJECTED, annotation_key, parse_models, status_key
-from webhook.core.bodies import AddOperation, Container, Pod
+from webhook.core.bodies import AddOperation, Container, Pod, Volume
 from webhook.core.errors import Refused, invalid_value
 from webhook.core.fetchcontainer import app_env, app_mount, fetch_container, volumes_for
 from webhook.core.modelspec import FETCH_CONTAINER, ModelSpec
 from webhook.core.patch import Additions, build_patch
-from webhook.core.pods import annotations_of, containers_of, read_pod
+from webhook.core.pods import annotations_of, containers_of, os_of, read_pod
 from webhook.core.settings import Settings
 
 
@@ -33,6 +33,16 @@ def mutate_pod(obj: object, settings: Settings) -> Mutation:
     parsed = parse_models(annotations_of(pod), settings)
     if not parsed.models:
         return Mutation(patch=[], warnings=parsed.warnings)
+    if os_of(pod) not in (None, "linux"):
+        # The apiserver would refuse the fetch container's Linux security context on such a
+        # pod, naming fields of a container its author never wrote.
+        raise Refused(
+            [
+                f"spec.os.name is {os_of(pod)!r}, but {_key(settings, parsed.models[0], 'source')} "
+                "asks for a model, whose fetch container runs on Linux only; expected a Linux "
+                "pod (spec.os.name linux or unset)"
+            ]
+        )
     additions = _plan(pod, parsed.models, settings)
     return Mutation(
         patch=build_patch(pod, additions),
@@ -42,7 +52,20 @@ def mutate_pod(obj: object, settings: Settings) -> Mutation:
 
 
 def _already_injected(pod: Pod, settings: Settings) -> bool:
-    if status_key(settings) in annotations_of(pod):
+    status = annotations_of(pod).get(status_key(settings))
+    if status is not None:
+        if status.strip() != INJECTED:
+            # Any other value would still switch injection off, and every check with it.
+            raise Refused(
+                [
+                    invalid_value(
+                        status_key(settings),
+                        status,
+                        f"{INJECTED!r}, which the webhook itself sets on a pod it injected "
+                        "(leave this key out)",
+                    )
+                ]
+            )
         return True
     return any(
         _is_fetch_container_name(container["name"])
@@ -61,13 +84,23 @@ def _plan(pod: Pod, models: tuple[ModelSpec, ...], settings: Settings) -> Additi
     existing_volumes = {volume["name"] for volume in pod.get("spec", {}).get("volumes") or []}
     problems: list[str] = []
     additions = Additions(annotations={status_key(settings): INJECTED})
+    planned: dict[str, str] = {}  # volume name: the annotation that adds it
     for spec in models:
-        for volume in volumes_for(spec):
-            if volume["name"] in existing_volumes:
+        for volume, key in _volumes_and_keys(spec, settings):
+            name = volume["name"]
+            if name in existing_volumes:
                 problems.append(
-                    f"the pod already has a volume named {volume['name']!r}, which "
-                    f"{_key(settings, spec, 'source')} would add; expected no volume of that name"
+                    f"the pod already has a volume named {name!r}, which {key} would add; "
+                    "expected no volume of that name"
                 )
+            elif name in planned:
+                problems.append(
+                    f"{key} and {planned[name]} would both add a volume named {name!r}; "
+                    f"expected model names whose volumes do not clash (rename model "
+                    f"{spec.name!r})"
+                )
+            planned.setdefault(name, key)
+        problems += _fetch_mount_clashes(spec, settings)
         targets = _targets(spec, container_names, settings, problems)
         for index in targets:
             taken = {mount["mountPath"] for mount in containers[index].get("volumeMounts") or []}
@@ -93,6 +126,43 @@ def _plan(pod: Pod, models: tuple[ModelSpec, ...], settings: Settings) -> Additi
     if problems:
         raise Refused(problems)
     return additions
+
+
+def _volumes_and_keys(spec: ModelSpec, settings: Settings) -> list[tuple[Volume, str]]:
+    """Each volume the model adds, with the annotation that makes it."""
+    keys = {
+        spec.volume_name: "source-from" if spec.source_from else "source",
+        spec.ca_volume_name: "ca-bundle",
+        spec.credentials_volume_name: "credentials-secret",
+    }
+    return [(volume, _key(settings, spec, keys[volume["name"]])) for volume in volumes_for(spec)]
+
+
+def _fetch_mount_clashes(spec: ModelSpec, settings: Settings) -> list[str]:
+    """The fetch container also mounts the CA bundle and the Google key file at fixed paths: the
+    model's mount may not be one of them, nor lie inside one or hold one (a read-only mount
+    inside the model would leave an empty folder in the model's tree, a model inside a
+    read-only mount cannot be created)."""
+    fixed = []
+    if spec.ca_bundle:
+        fixed.append((spec.ca_dir, "the CA bundle of ca-bundle"))
+    if spec.gcs_key_file:
+        fixed.append((spec.credentials_dir, "the key file of credentials-secret"))
+    return [
+        invalid_value(
+            _key(settings, spec, "mount-path"),
+            spec.mount_path,
+            f"a path apart from {path}, where the fetch container reads {what}",
+        )
+        for path, what in fixed
+        if _overlap(spec.mount_path, path)
+    ]
+
+
+def _overlap(one: str, other: str) -> bool:
+    """Whether one of two absolute paths is the other or lies inside it."""
+    one, other = one.rstrip("/") + "/", other.rstrip("/") + "/"
+    return one.startswith(other) or other.startswith(one)
 
 
 def _env_clash(

@@ -27,7 +27,7 @@ def read_pod(obj: object, where: str = "object") -> Pod:
                     raise MalformedReview(
                         f"{where}.metadata.annotations[{key!r}]: expected a string value"
                     )
-        for field in ("name", "generateName"):
+        for field in ("name", "generateName", "namespace"):
             if meta.get(field) is not None and not isinstance(meta[field], str):
                 raise MalformedReview(f"{where}.metadata.{field}: expected a string")
     spec = _mapping(pod.get("spec"), f"{where}.spec")
@@ -36,11 +36,19 @@ def read_pod(obj: object, where: str = "object") -> Pod:
             _check_container(container, f"{where}.spec.{field}[{index}]")
     for index, volume in enumerate(_list(spec.get("volumes"), f"{where}.spec.volumes")):
         _named(volume, f"{where}.spec.volumes[{index}]")
+    if spec.get("os") is not None:
+        _named(spec["os"], f"{where}.spec.os")
     return cast(Pod, pod)
 
 
 def annotations_of(pod: Pod) -> dict[str, str]:
     return (pod.get("metadata") or {}).get("annotations") or {}
+
+
+def os_of(pod: Pod) -> str | None:
+    """The pod's spec.os.name (linux or windows), None when it does not say."""
+    spec = cast(dict[str, Any], pod.get("spec", {}))
+    return cast(str, (spec.get("os") or {}).get("name")) if spec.get("os") else None
 
 
 def containers_of(pod: Pod, field: str = "containers") -> list[Container]:

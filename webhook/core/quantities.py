@@ -16,7 +16,8 @@ _DECIMAL = {"m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 # The fetcher's size syntax, kept to the strict common subset documented for annotations:
 # K/M/G decimal, Ki/Mi/Gi binary, an optional B; a rate may end in /s.
-_FETCHER_SIZE = re.compile(r"^(?P<number>\d+(?:\.\d+)?)(?:K|M|G|Ki|Mi|Gi)?B?$")
+_FETCHER_SIZE = re.compile(r"^(?P<number>\d+(?:\.\d+)?)(?P<unit>K|M|G|Ki|Mi|Gi)?B?$")
+_FETCHER_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
 
 
 def parse_quantity(text: str) -> Decimal | None:
@@ -42,8 +43,12 @@ def is_positive_quantity(text: str) -> bool:
 
 
 def is_fetcher_size(text: str) -> bool:
+    """Whether the fetcher takes `text` as a size: it counts whole bytes (rounding down, as
+    here), so a size below one byte (`0.5`, `0.9B`) would stop the fetch container with exit 2."""
     match = _FETCHER_SIZE.match(text)
-    return match is not None and Decimal(match["number"]) > 0
+    if match is None:
+        return False
+    return int(float(match["number"]) * _FETCHER_UNITS[match["unit"] or ""]) >= 1
 
 
 def is_fetcher_rate(text: str) -> bool:

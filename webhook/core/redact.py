@@ -8,12 +8,15 @@ would land in the pod spec in clear text), so redaction is what keeps the refusa
 anything else that quotes the value, from repeating the secret.
 
 Redaction errs towards hiding: any query parameter whose name merely looks like a credential is
-hidden, and a `:` then `@` before the path is read as userinfo even when the URL is malformed.
+hidden (percent-encoded or not), a `:` then `@` before the path is read as userinfo even when the
+URL is malformed, and so is a `user:password@` behind a mistyped scheme separator (`https:/`,
+`https//`, `https:`, `https:\\`), since a refusal quotes exactly the values that are malformed.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 MASK = "***"
 
@@ -24,6 +27,10 @@ _SCHEME = r"[a-z][a-z0-9+.-]*://"
 _URL = re.compile(rf"(?i)\b{_SCHEME}[^\s<>]*")
 _STARTS_WITH_URL = re.compile(rf"(?i){_SCHEME}")
 _NEXT_URL = re.compile(rf"(?i),(?={_SCHEME})")
+# A scheme whose separator is mistyped (not `://`), and the `user:password@` behind it.
+_LOOSE_SCHEME = r"[a-z][a-z0-9+.-]*(?::(?!//)[/\\]*|[/\\]{2})"
+_STARTS_WITH_LOOSE_URL = re.compile(rf"(?i){_LOOSE_SCHEME}")
+_LOOSE_USERINFO = re.compile(rf"(?i)\b({_LOOSE_SCHEME})[^\s:@/\\]*:\S*@")
 # A parameter's value ends at the next parameter or whitespace; a quote (or an escaped one) just
 # before that end is the quoting of a refusal or a log line, and is kept.
 _PARAMETER = re.compile(r"([?&#;])([^=&#;?\s\"'\\]*)=([^&#;\s]*?)(?=(?:\\?[\"'])?(?:[&#;\s]|$))")
@@ -46,6 +53,8 @@ SECRET_NAME_PARTS = (
 def is_secret_parameter(name: str) -> bool:
     """Whether a query or fragment parameter named `name` may carry a credential."""
     lowered = name.lower()
+    for _ in range(3):  # %74oken is token to the origin; %2574oken to one that decodes twice
+        lowered = unquote(lowered).lower()
     return any(part in lowered for part in SECRET_NAME_PARTS)
 
 
@@ -68,15 +77,17 @@ def redact(text: str) -> str:
     `text` may be a bare value (an annotation, which may hold spaces in its password) or a
     sentence or manifest that quotes URLs.
     """
-    if "://" not in text:
-        return text
-    if _STARTS_WITH_URL.match(text):
+    if "@" not in text and "=" not in text:
+        return text  # nothing a URL could hide a secret in
+    start = _STARTS_WITH_URL.match(text) or _STARTS_WITH_LOOSE_URL.match(text)
+    if start:
         # A bare value: its userinfo ends at the last '@' before the path, spaces or not.
-        scheme, _, rest = text.partition("://")
-        end = _userinfo_end(rest)
+        scheme, rest = text[: start.end()], text[start.end() :]
+        end = _userinfo_end(rest, loose=not _STARTS_WITH_URL.match(text))
         if end:
-            text = f"{scheme}://{MASK}@{rest[end:]}"
-    return _URL.sub(_redact_urls, text)
+            text = f"{scheme}{MASK}@{rest[end:]}"
+    text = _URL.sub(_redact_urls, text)
+    return _LOOSE_USERINFO.sub(lambda match: f"{match[1]}{MASK}@", text)
 
 
 def _redact_urls(match: re.Match[str]) -> str:
@@ -98,13 +109,17 @@ def _redact_parameter(match: re.Match[str]) -> str:
     return f"{separator}{name}={value}"
 
 
-def _userinfo_end(rest: str) -> int:
+def _userinfo_end(rest: str, *, loose: bool = False) -> int:
     """Where the host starts in `rest` (the URL after `://`), past any userinfo; 0 if none.
 
     The authority ends at the first '/': a '?' or '#' there may be in a password, so they do not
     end it. A password with a raw '/' ends it early (`user:pa/ss@host`): a ':' followed by
     something that is not a port, then an '@' further on, is taken for userinfo all the same.
+    After a mistyped separator (loose) only a `user:password@` counts, so that `name:tag@digest`
+    is left alone.
     """
+    if loose and not re.match(r"[^:@/\\]*:[^@]*@", rest):
+        return 0
     slash = rest.find("/")
     authority = rest if slash == -1 else rest[:slash]
     if "@" in authority:

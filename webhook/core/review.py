@@ -42,13 +42,20 @@ class Outcome:
         metadata = obj.get("metadata")
         if not isinstance(metadata, dict):
             metadata = {}
-        name = metadata.get("name") or self.request.get("name")
-        fields = {"namespace": self.request.get("namespace") or metadata.get("namespace") or ""}
+        # The request's own fields are checked strings; an object's metadata is checked only
+        # where a pod is read, and a workload's is not: a number there must not reach the logs.
+        name = _text(metadata.get("name")) or self.request.get("name")
+        namespace = self.request.get("namespace") or _text(metadata.get("namespace"))
+        fields = {"namespace": namespace}
         if name:
-            fields["name"] = str(name)
+            fields["name"] = name
         else:
-            fields["generateName"] = str(metadata.get("generateName") or "")
+            fields["generateName"] = _text(metadata.get("generateName"))
         return fields
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def mutate_review(body: object, settings: Settings) -> Outcome:
