@@ -32,6 +32,7 @@ from fetcher.progress import Progress
 from fetcher.request import AUTO_CONNECTIONS, FetchRequest
 from fetcher.sourcefrom import add_options as add_source_from_options
 from fetcher.sourcefrom import from_args as source_from_configmap
+from fetcher.state.libc import keep_freed_memory
 from fetcher.termination import DEFAULT_PATH as DEFAULT_TERMINATION_LOG
 from fetcher.termination import write_result
 from fetcher.units import parse_rate, parse_seconds, parse_size
@@ -267,6 +268,7 @@ def _install_signal_handlers(stop: StopRequest) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory()
     if argv[:1] == ["pack"]:
         from fetcher.pack.cli import main as pack_main  # noqa: PLC0415  # fetches never load it
 
