@@ -131,7 +131,8 @@ class ZipReader:
         self._expect = resumed.next_name if resumed else None
         self._seen: list[bytes] = []  # names read by this run, for a precise message
         self._state: ZipState | None = None
-        self._handoff: Handoff[Boundary, bytes] = Handoff(
+        self._sizes: list[int] = []  # the bytes each of those entries held
+        self._handoff: Handoff[Boundary, tuple[int, bytes]] = Handoff(
             self._read, self._on_event(on_boundary), name="model-fetch-unzip"
         )
 
@@ -149,8 +150,16 @@ class ZipReader:
         self._handoff.push(bytes(data))
 
     def close(self) -> None:
-        trailer = self._handoff.close()
-        apply_central_directory(self._tree, trailer, self.entries, self._names, self._seen)
+        trailer_at, trailer = self._handoff.close()
+        apply_central_directory(
+            self._tree,
+            trailer,
+            trailer_at=trailer_at,
+            entries=self.entries,
+            names=self._names,
+            seen=self._seen,
+            sizes=self._sizes,
+        )
 
     def release(self) -> None:
         self._handoff.release()
@@ -163,7 +172,9 @@ class ZipReader:
 
     # --- on the reader's thread ------------------------------------------------------------
 
-    def _read(self, chunks: Iterator[bytes], pause: Callable[[Boundary], None]) -> bytes:
+    def _read(
+        self, chunks: Iterator[bytes], pause: Callable[[Boundary], None]
+    ) -> tuple[int, bytes]:
         slicer = _Slicer(chunks, self._start)
         entries = stream_unzip.stream_unzip(slicer, password=self._password, chunk_size=SLICE)
         ended_at: int | None = None  # position when the last entry ended, if it did here
@@ -189,7 +200,7 @@ class ZipReader:
             self._extract(name, size, content, slicer)
             slicer.entry_ended()
             ended_at = slicer.position
-        return slicer.collected()[1]
+        return slicer.collected()
 
     def _check_expected(self, name: bytes) -> None:
         expected, self._expect = self._expect, None
@@ -205,6 +216,7 @@ class ZipReader:
         self.entries += 1
         self._names = names_digest(self._names, raw)
         self._seen.append(raw)
+        self._sizes.append(0)
         name = _text(raw)
         tree = self._tree
         try:
@@ -218,6 +230,7 @@ class ZipReader:
                 view = memoryview(piece)
                 tree.check_cap(len(view), name)
                 tree.write(view)
+                self._sizes[-1] += len(view)
             tree.end_file(None)
         except stream_unzip.UnzipError as error:
             raise self._translate(error, name, slicer) from None
