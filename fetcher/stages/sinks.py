@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from fetcher.errors import UsageError
 from fetcher.formats import SNIFF_TAR_BYTES, Layout, looks_like_tar
 from fetcher.stages.tar import TarReader
-from fetcher.stages.tree import SafeTree
+from fetcher.stages.tree import RESERVED_NAMES, SafeTree
 from fetcher.state.checkpoint import SinkState, StateError
 
 if TYPE_CHECKING:
@@ -103,6 +104,13 @@ class FileSink:
 
     def __init__(self, tree: SafeTree, name: str, *, resumed: bool = False) -> None:
         self._tree = tree
+        if name in RESERVED_NAMES:
+            # Not an archive member: the name is the URL's, so the fix is at the source.
+            raise UsageError(
+                f"the file would be stored as {name!r}, a name model-fetch keeps for its own "
+                "files in DIR",
+                "serve it under another name (the name is the URL's last path segment)",
+            )
         if not resumed:
             tree.begin_file(name, 0o644, 0, ordinal=0)
         self._open = True

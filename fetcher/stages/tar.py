@@ -207,7 +207,10 @@ class TarReader:
             self._tree.make_hardlink(name, linkname)
         else:
             raise UnsafeArchive(name, f"tar member type {kind!r} is not supported")
-        self._start_content(size if kind != tarfile.DIRTYPE else 0)
+        # Whatever size a directory or link declares, GNU tar's extraction and Python's tarfile
+        # read the next header right after it: skipping that many bytes as content would hide
+        # the members they hold from this tree only.
+        self._start_content(0)
 
     def _start_content(self, size: int) -> None:
         self._remaining = size
@@ -222,7 +225,6 @@ class TarReader:
             self._tree.write(piece)
         elif self._collecting is not None:
             self._extended += piece
-        # content of links and directories (never seen in practice) is skipped
 
     def _member_done(self) -> None:
         if self._in_file:

@@ -266,6 +266,11 @@ class SafeTree:
             raise UnsafeArchive(
                 member, f"the hard link target {target!r} is not a regular file extracted earlier"
             )
+        if parts == target_parts:
+            # A link to itself (tar leaves the file as it is): clearing the name first would
+            # delete the very file it names.
+            os.close(target_fd)
+            return
         try:
             parent_fd = self._open_parent(member, parts)
             self._clear(member, parent_fd, parts[-1])
@@ -464,4 +469,12 @@ def _translate(error: OSError, member: str) -> FetchError:
             f"out of disk space while writing {member!r}",
             "raise the volume's size-limit or the PVC size (extracted size plus the buffer)",
         )
-    return FetchError(f"cannot write {member!r}: {error.strerror}")
+    if error.errno == errno.ENAMETOOLONG:
+        # The archive itself cannot be extracted here (tar fails on it too): exit 4, not 1.
+        return UnsafeArchive(
+            member, "its name is longer than the filesystem allows (255 bytes per component)"
+        )
+    return FetchError(
+        f"cannot write {member!r}: {error.strerror}",
+        "check that the output volume is writable by the fetcher's user and not read-only",
+    )
