@@ -442,3 +442,27 @@ def test_a_commit_cut_short_between_renames_is_finished_by_the_next_run(
     assert run_fetch(*args) == 0
     assert len(origin.requests) == requests  # finished from the journal, no download
     assert fetched_tree(out) == _expected(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("path", "args"),
+    [
+        ("/.model-fetch.json", ("--format", "none")),
+        ("/.model-fetch", ("--format", "none")),
+        ("/.model-fetch.json.zst", ()),  # the name once the compression's suffix is off
+    ],
+)
+def test_a_single_file_named_like_the_fetchers_own_files_exits_2_naming_the_fix(
+    origin: Origin,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    path: str,
+    args: tuple[str, ...],
+) -> None:
+    body = b"not an archive " * 100
+    origin.add(path, cli_compress(body, "zstd") if path.endswith(".zst") else body)
+    out = tmp_path / "out"
+    assert run_fetch(origin.url(path), *args, "-o", out) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a name model-fetch keeps for its own files in DIR; serve it under another name" in last
+    assert not (out / MARKER_NAME).exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
 import tarfile
 import warnings
 import zipfile
@@ -22,6 +23,7 @@ from fetcher.errors import UnsafeArchive
 from fetcher.formats import Layout
 from fetcher.stages.chain import Stages
 from fetcher.stages.digest import ResumableSha256
+from tests.support.archives import tree_snapshot
 
 Member = tuple[tarfile.TarInfo, bytes]
 
@@ -147,6 +149,10 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
     "more bytes than the cap": (
         lambda: build_tar(_file("a", b"1" * 600), _file("b", b"2" * 600)),
         "cap",
+    ),
+    "a name longer than the filesystem allows": (
+        lambda: build_tar(_file("d/" + "n" * 256)),
+        "longer than the filesystem allows",
     ),
 }
 
@@ -308,6 +314,131 @@ def test_zip_refusals_name_the_member_and_nothing_escapes(jail: Path, case: str,
     assert caught.value.member
     assert _listing(jail) == before
     assert (jail / "sentinel").read_bytes() == b"untouched"
+
+
+# --- where the central directory says the entries are ---------------------------------------
+
+_CENTRAL = b"PK\x01\x02"
+
+
+def _central_records(data: bytes) -> list[int]:
+    """Where each central directory record starts in data."""
+    records, at = [], data.index(_CENTRAL)
+    while at != -1:
+        records.append(at)
+        at = data.find(_CENTRAL, at + 4)
+    return records
+
+
+def _patched(data: bytes, record: int, field: int, value: int) -> bytes:
+    """data with the 4-byte field at offset field of a central directory record set to value."""
+    at = _central_records(data)[record] + field
+    return data[:at] + value.to_bytes(4, "little") + data[at + 4 :]
+
+
+_OFFSET, _SIZE = 42, 24  # of the local header; of the entry's content
+
+
+def _offsets_swapped() -> bytes:
+    data = build_zip(_zfile("a", b"first-AAAA"), _zfile("a", b"second-BBB"))
+    first, second = (
+        int.from_bytes(data[r + 42 : r + 46], "little") for r in _central_records(data)
+    )
+    return _patched(_patched(data, 0, _OFFSET, second), 1, _OFFSET, first)
+
+
+ZIP_DIRECTORY_CASES: dict[str, tuple[Callable[[], bytes], str]] = {
+    # unzip reads the second zip's entries; a stream reads the first's.
+    "another zip appended": (
+        lambda: build_zip(_zfile("a", b"good")) + build_zip(_zfile("a", b"EVIL")),
+        "another zip appended",
+    ),
+    "offsets swapped": (_offsets_swapped, "places entry 1 at byte"),
+    "two entries at one offset": (
+        lambda: _patched(build_zip(_zfile("a", b"aaaa"), _zfile("b", b"bbbb")), 1, _OFFSET, 0),
+        "places entry 2 at byte 0",
+    ),
+    "an offset past the directory": (
+        lambda: _patched(build_zip(_zfile("a"), _zfile("b")), 1, _OFFSET, 1 << 20),
+        "places entry 2 at byte 1048576",
+    ),
+    "bytes after the end record": (
+        lambda: build_zip(_zfile("a")) + b"\0" * 10,
+        "end record is not the last thing in the stream",
+    ),
+    "a size the directory gives otherwise": (
+        lambda: _patched(build_zip(_zfile("a", b"1234"), method=zipfile.ZIP_STORED), 0, _SIZE, 3),
+        "gives it 3 bytes but it held 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ZIP_DIRECTORY_CASES))
+def test_a_directory_that_points_elsewhere_than_the_stream_read_is_refused(
+    jail: Path, case: str
+) -> None:
+    make_archive, reason = ZIP_DIRECTORY_CASES[case]
+    with pytest.raises(UnsafeArchive) as caught:
+        extract_zip(make_archive(), jail / "root", step=512)
+    assert reason in caught.value.line()
+    assert "zip tools would" in caught.value.line()
+    assert caught.value.exit_code == 4
+
+
+def test_a_zip_with_a_comment_and_a_zip64_directory_is_read(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.comment = b"a comment, which follows the end record"
+        with archive.open("big", "w", force_zip64=True) as entry:
+            entry.write(b"weights")
+        archive.writestr("small", b"config")
+    extract_zip(buffer.getvalue(), tmp_path / "root", step=512)
+    assert (tmp_path / "root/big").read_bytes() == b"weights"
+    assert (tmp_path / "root/small").read_bytes() == b"config"
+
+
+# --- sizes that tar ignores -------------------------------------------------------------------
+
+
+def _sized(member: Member, size: int) -> bytes:
+    """The member's header alone, declaring size bytes of content that do not follow."""
+    info, _ = member
+    info.size = size
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+@pytest.mark.parametrize(
+    "member",
+    [_link("s", "a"), _link("h", "a", tarfile.LNKTYPE), _dir("d")],
+    ids=["symlink", "hard link", "directory"],
+)
+def test_a_link_or_directory_that_declares_a_size_hides_nothing_that_tar_extracts(
+    tmp_path: Path, member: Member
+) -> None:
+    # GNU tar's extraction and Python's tarfile read the next header right after such a one.
+    hidden = build_tar(_file("hidden", b"HIDE!"), fmt=tarfile.GNU_FORMAT)[:1024]
+    archive = (
+        build_tar(_file("a", b"A"), fmt=tarfile.GNU_FORMAT)[:1024]
+        + _sized(member, len(hidden))
+        + hidden
+        + build_tar(_file("x", b"X"), fmt=tarfile.GNU_FORMAT)
+    )
+    extract(archive, tmp_path / "root")
+    by_tar = tmp_path / "tar"
+    by_tar.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(by_tar)], input=archive, check=True)
+    assert tree_snapshot(tmp_path / "root") == tree_snapshot(by_tar)
+    assert (tmp_path / "root/hidden").read_bytes() == b"HIDE!"
+
+
+def test_a_hard_link_to_itself_leaves_the_file_as_tar_does(tmp_path: Path) -> None:
+    archive = build_tar(_file("d/a", b"data"), _link("d/a", "d/a", tarfile.LNKTYPE), _file("b"))
+    extract(archive, tmp_path / "root")
+    by_tar = tmp_path / "tar"
+    by_tar.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(by_tar)], input=archive, check=True)
+    assert tree_snapshot(tmp_path / "root") == tree_snapshot(by_tar)
+    assert (tmp_path / "root/d/a").read_bytes() == b"data"
 
 
 def test_zip_modes_links_and_duplicates_follow_tar(tmp_path: Path) -> None:
