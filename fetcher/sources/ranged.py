@@ -451,7 +451,12 @@ class ParallelDownload:
                 if self._closing or self._error is not None or self._stop.is_set():
                     return None
                 if self._have.first_gap(self._consumed, self._length) is None:
-                    return None
+                    if not self._unchecked:
+                        return None  # every byte still to be read is here and vouched for
+                    # An earlier run's ranges are checked only as the decoder reaches them:
+                    # one that fails its CRC32C is fetched again, by a connection still here.
+                    self._changed.wait(0.5)
+                    continue
                 span = self._dispatchable()
                 if span is not None:
                     origin_or_wait = self._pick_origin()

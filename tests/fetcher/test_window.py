@@ -55,7 +55,7 @@ from tests.support.archives import (
     tree_snapshot,
     write_tree,
 )
-from tests.support.events import read_checkpoint, wait_until
+from tests.support.events import PATIENCE_S, read_checkpoint, wait_until
 from tests.support.origin import Faults, Origin
 
 PATH = "/model"
@@ -116,6 +116,44 @@ def test_a_held_range_damaged_on_disk_after_a_kill_is_fetched_again(tmp_path: Pa
     assert refetched, "the damaged range was not fetched again"
     reused = re.search(r"reusing (\d+) held in the download window", final.stderr)
     assert reused and int(reused[1]) > 0, final.stderr
+
+
+def test_held_ranges_that_fail_their_crc32c_after_the_gaps_are_fetched_are_fetched_again(
+    tmp_path: Path,
+) -> None:
+    """A node crash leaves zeros where the never-flushed part file's pages were. The held
+    ranges are checked only when the decoder reaches them; by then every gap may be fetched,
+    and a connection must still be there to fetch the damaged ranges again (it used to have
+    gone, and the resume waited for good). Here the part file holds every byte, all zeros."""
+    data = random.Random(72).randbytes(4 * MIB)
+    half = len(data) // 2
+    held = [HeldRange(0, half, crc32c.crc32c(data[:half])),
+            HeldRange(half, len(data), crc32c.crc32c(data[half:]))]  # fmt: skip
+    (tmp_path / "part").write_bytes(bytes(len(data)))
+    received: list[bytes] = []
+    with (
+        Origin() as origin,
+        make_client(
+            ca_bundle=None, authorization=None, read_timeout=30, connect_timeout=30
+        ) as client,
+    ):
+        origin.add(PATH, data)
+        download = ParallelDownload(
+            [Target(origin.url(PATH), "origin")], client, policy=RetryPolicy(retries=0),
+            limiter=Unlimited(), stop=threading.Event(),
+            part=PartFile(tmp_path / "part", len(data), keep=True),
+            identity=Identity(len(data), None, None), identity_origin=0, connections=4,
+            chunk_size=MIB, buffer=64 * MIB, held=held, start=0,
+        )  # fmt: skip
+        reader = threading.Thread(target=lambda: received.extend(download.chunks()), daemon=True)
+        reader.start()
+        reader.join(timeout=PATIENCE_S)
+        hung = reader.is_alive()
+        download.close()
+        ranges = [request.range for request in origin.requests]
+    assert not hung, f"still waiting after {PATIENCE_S} s; asked for {ranges}"
+    assert b"".join(received) == data
+    assert ranges, "nothing was fetched again"
 
 
 def test_a_kill_right_after_a_checkpoint_naming_held_ranges_costs_at_most_the_kill_bound(
