@@ -10,6 +10,7 @@ import certifi
 import httpcore
 import httpx
 
+from fetcher.errors import UsageError
 from fetcher.http.deadline import deadline_transport
 from fetcher.http.retry import OriginRefused
 from fetcher.urls import redact
@@ -40,9 +41,9 @@ def make_client(
 ) -> httpx.Client:
     """The client; tests hand in a transport (httpx.MockTransport) instead of sockets."""
     _read_in_larger_pieces()
-    context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
+    context = _trusting(os.environ.get("SSL_CERT_FILE"), "SSL_CERT_FILE")
     if ca_bundle:
-        context.load_verify_locations(cafile=str(ca_bundle))
+        _load(context, ca_bundle, "--ca-bundle")
     headers = {"User-Agent": "model-fetch/0.1", "Accept-Encoding": "identity"}
     if authorization:
         headers["Authorization"] = authorization
@@ -69,3 +70,28 @@ def refuse_downgrade(response: httpx.Response) -> None:
             f"it redirects to {redact(str(target))}, which is not https; an https source is "
             "never followed to plain http"
         )
+
+
+def _trusting(cafile: str | None, what: str) -> ssl.SSLContext:
+    """A context trusting cafile (named by what, in the error) or else certifi's roots."""
+    if not cafile:
+        return ssl.create_default_context(cafile=certifi.where())
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (ssl.SSLError, OSError) as error:
+        raise _unreadable(what, cafile, error) from None
+
+
+def _load(context: ssl.SSLContext, cafile: Path, what: str) -> None:
+    try:
+        context.load_verify_locations(cafile=str(cafile))
+    except (ssl.SSLError, OSError) as error:
+        raise _unreadable(what, str(cafile), error) from None
+
+
+def _unreadable(what: str, cafile: str, error: Exception) -> UsageError:
+    reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+    return UsageError(
+        f"{what} {cafile}: no CA certificate could be read from it ({reason})",
+        "give a file of PEM certificates (-----BEGIN CERTIFICATE-----)",
+    )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import httpcore
+from pathlib import Path
 
+import httpcore
+import pytest
+
+from fetcher.cli import main
 from fetcher.http.client import READ_SIZE, make_client
 from tests.support.origin import Origin
 
@@ -38,3 +42,35 @@ def test_the_authorization_header_and_identity_encoding_are_sent() -> None:
     assert request.authorization == "Bearer t"
     headers = {name.lower(): value for name, value in request.headers.items()}
     assert headers["accept-encoding"] == "identity"
+
+
+NOT_PEM = {
+    "not PEM at all": b"this is not a certificate\n",
+    "an empty file": b"",
+    "a PEM block that is not a certificate": (
+        b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("content", NOT_PEM.values(), ids=NOT_PEM.keys())
+@pytest.mark.parametrize("source", ["--ca-bundle", "SSL_CERT_FILE"])
+def test_a_trust_file_without_a_certificate_exits_2_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    content: bytes,
+    source: str,
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(content)
+    args = ["https://127.0.0.1:9/m.tar.zst", "-o", str(tmp_path / "out")]
+    if source == "--ca-bundle":
+        args += ["--ca-bundle", str(bundle)]
+    else:
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"model-fetch: error: {source} {bundle}: no CA certificate")
+    assert "give a file of PEM certificates" in lines[-1]
+    assert "internal error" not in lines[-1]
