@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -20,7 +20,7 @@ from fetcher.pipeline import Stats, StopRequest
 from fetcher.progress import Progress
 from fetcher.request import FetchRequest
 from fetcher.resume import discard_state, usable_checkpoint
-from fetcher.sources import SourceChanged, SourceStats
+from fetcher.sources import RangesIgnored, SourceChanged, SourceStats
 from fetcher.state.checkpoint import Checkpoint, StateError
 from fetcher.state.lock import DirectoryLock
 from fetcher.state.marker import Marker, read_marker, url_fingerprint
@@ -153,16 +153,19 @@ def _download_until_stable(
     progress: Progress,
     transport: httpx.BaseTransport | None,
 ) -> tuple[Stats, int, int, int]:
-    """Download, starting over when an origin starts serving another file mid-way.
+    """Download, starting over when an origin starts serving another file mid-way, and going
+    on over one connection when the origins answer ranges with the whole file.
 
     Returns the stats, the requests made and bytes received by this run, and the bytes
     earlier runs had received (from the checkpoint this one resumed).
     """
     requests = fetched = before = 0
-    for changes in range(_SOURCE_CHANGES_TOLERATED + 1):
+    changes = attempts = 0
+    while True:
         resume = usable_checkpoint(request) if changes == 0 else None
-        if resume is not None:
+        if resume is not None and attempts == 0:
             before = resume.fetched_bytes
+        attempts += 1
         stats = SourceStats()
         try:
             result = _download_resuming(
@@ -184,12 +187,20 @@ def _download_until_stable(
                 "the source changed while being fetched (%s); starting over from byte 0", change
             )
             discard_state(request)
+            changes += 1
+            continue
+        except RangesIgnored as ignored:
+            if request.connections == 1:
+                raise AssertionError("ranges were ignored on a single stream") from None
+            # The probe's one byte came as a range, the ranges themselves did not: what the
+            # checkpoint kept stays, and one stream (which skips what it had) brings the rest.
+            log.warning("%s; going on over one connection", ignored)
+            request = replace(request, connections=1, grow_connections=False)
             continue
         finally:
             requests += stats.requests
             fetched += stats.bytes_received
         return result, requests, fetched, before
-    raise AssertionError("unreachable")
 
 
 def _download_resuming(

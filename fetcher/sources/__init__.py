@@ -22,6 +22,11 @@ class SourceChanged(Exception):
     """An origin now serves another file than the one being assembled."""
 
 
+class RangesIgnored(Exception):
+    """Every origin is left, and one was left for answering a range with the whole file
+    (some honour only the probe's one byte): the fetch goes on over one stream."""
+
+
 @dataclass
 class SourceStats:
     """What a source has done so far; shared with the pipeline, which reports it."""

@@ -40,7 +40,7 @@ from fetcher.http.retry import OriginRefused, Retryable, RetryPolicy, transport_
 from fetcher.http.stores import given_up_line, unreachable
 from fetcher.http.target import Target
 from fetcher.http.wire import bodies_kept_from_parser
-from fetcher.sources import SourceChanged, SourceStats
+from fetcher.sources import RangesIgnored, SourceChanged, SourceStats
 from fetcher.sources.governor import Governor
 from fetcher.sources.partfile import PartFile, PartFileClosed
 from fetcher.sources.ranges import RangeSet
@@ -67,6 +67,7 @@ class _Origin:
     in_flight: int = 0
     asked: int = 0  # ranges requested from it so far
     gave_up: str | None = None
+    ignores_ranges: bool = False  # answered a range with the whole file
 
     @property
     def shown(self) -> str:
@@ -503,7 +504,13 @@ class ParallelDownload:
         """The least busy usable origin, or how long to wait for one to come back."""
         usable = [o for o in self._origins if o.gave_up is None]
         if not usable:
-            self._error = unreachable([o.gave_up or o.shown for o in self._origins])
+            attempts = [o.gave_up or o.shown for o in self._origins]
+            ignoring = [o.shown for o in self._origins if o.ignores_ranges]
+            self._error = (
+                RangesIgnored(f"{ignoring[0]} answered a range with the whole file")
+                if ignoring
+                else unreachable(attempts)
+            )
             self._wake_everyone()
             return 0.0
         now = time.monotonic()
@@ -577,6 +584,7 @@ class ParallelDownload:
                 f"{origin.shown} has no bytes from {start} (it reports {refused.length})"
             ) from None
         if served.status == 200:
+            origin.ignores_ranges = True
             raise OriginRefused("it ignores Range requests, which parallel fetching needs")
         found = served.identity
         if found.length != self._length:

@@ -89,6 +89,9 @@ class Faults:
     ranges: bool = True
     """False: ignore ``Range`` and ``If-Range``, answer 200 with the full body, no
     ``Accept-Ranges``."""
+    ranges_only_for_the_probe: bool = False
+    """Answer ``bytes=0-0`` with a 206 and any other range with 200 and the full body, as
+    some caches do for a one-byte range only."""
     drop_after: int | None = None
     """Close the connection after sending this many body bytes of the response."""
     drop_times: int | None = 1
@@ -823,6 +826,8 @@ class Origin:
                 record.if_range is None
                 or _if_range_matches(record.if_range, etag, entry.last_modified)
             )
+            if f.ranges_only_for_the_probe and record.range != "bytes=0-0":
+                wanted = False
             parsed = _parse_range(record.range, total) if wanted and record.range else None
             if isinstance(parsed, _Unsatisfiable):
                 return self._simple(416, [*headers[1:], ("Content-Range", f"bytes */{total}")])
