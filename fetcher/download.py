@@ -57,6 +57,15 @@ def download(
                 target.shown, target.credentials,
                 f", region {target.region}" if target.region else "",
             )  # fmt: skip
+    if resume and not request.sha256 and not _resume_is_provable(resume):
+        log.info(
+            "the origin gave the file neither a strong ETag nor Last-Modified, so what earlier "
+            "runs fetched cannot be shown to be the same version, and no --sha256 would tell: "
+            "starting from byte 0"
+        )
+        discard_state(request)
+        request.state_dir.mkdir(parents=True, exist_ok=True)
+        resume = None
     with _client(request, transport) as client:
         probed = (
             probe(targets, client, request.retry, stop.event) if request.connections > 1 else None
@@ -154,6 +163,13 @@ def _source(
         if probed is not None and not probed.ranges:
             log.info("the origin does not honour Range requests: fetching over one connection")
         return single_stream()
+    if not probed.identity.validated and not request.sha256:
+        log.info(
+            "the origin labels the file with neither a strong ETag nor Last-Modified, so ranges "
+            "of it could come from two versions, and no --sha256 would tell: fetching over one "
+            "connection"
+        )
+        return single_stream()
     length = probed.identity.length
     if length > max_download(request.max_extracted):
         raise UnsafeArchive(
@@ -202,6 +218,10 @@ def _source(
         connections=request.connections,
         max_bandwidth=request.max_bandwidth,
     )
+
+
+def _resume_is_provable(resume: Checkpoint) -> bool:
+    return Identity(resume.length, resume.etag, resume.last_modified).validated
 
 
 def max_download(max_extracted: int) -> int:

@@ -35,6 +35,12 @@ class Identity:
     etag: str | None  # strong validators only; weak ones cannot vouch for byte ranges
     last_modified: str | None
 
+    @property
+    def validated(self) -> bool:
+        """Whether the origin labels the file (a strong ETag, or a Last-Modified date), so that
+        bytes of two answers can be shown to come from one version of it (RFC 9110 13.1)."""
+        return self.etag is not None or self.last_modified is not None
+
     def same_file(self, other: Identity, *, compare_validators: bool) -> tuple[bool, str]:
         if self.length is None or other.length is None:
             return False, "the length is unknown"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from fetcher.commit import WORK_DIR_NAME
+from fetcher.state.checkpoint import CHECKPOINT_NAME
 from tests.fetcher.conftest import run_fetch, sha256
 from tests.support.archives import (
     Tree,
@@ -23,6 +25,7 @@ from tests.support.archives import (
     tree_snapshot,
     write_tree,
 )
+from tests.support.events import restore_position, wait_until
 from tests.support.origin import Faults, Origin
 
 TREE: Tree = make_tree(seed=21, n_files=30, total_bytes=6_000_000)
@@ -407,3 +410,66 @@ def _seconds(stamp: str) -> float:
     clock = stamp.split("T")[1].rstrip("Z")
     hours, minutes, seconds = clock.split(":")
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@pytest.mark.parametrize("digest", [True, False], ids=["with sha256", "without"])
+def test_an_origin_that_honours_only_the_probe_goes_on_over_one_connection(
+    origin: Origin,
+    tmp_path: Path,
+    expected: dict[str, object],
+    capsys: pytest.CaptureFixture[str],
+    digest: bool,
+) -> None:
+    # A 206 for the probe's one byte, then 200 and the whole file for every real range.
+    origin.add("/m", ARCHIVE, faults=Faults(ranges_only_for_the_probe=True))
+    out = tmp_path / "out"
+    flags = ["--sha256", sha256(ARCHIVE)] if digest else []
+    assert run_fetch(origin.url("/m"), *flags, "-o", out, *PARALLEL) == 0
+    err = capsys.readouterr().err
+    assert "answered a range with the whole file; going on over one connection" in err
+    assert fetched_tree(out) == expected
+
+
+# An origin that labels the file with nothing a client can compare: no ETag, a weak one, and
+# no Last-Modified either. Two answers from it may come from two versions of the file.
+UNLABELLED = {"no validator": None, "a weak ETag": 'W/"v1"'}
+
+
+@pytest.mark.parametrize("etag", UNLABELLED.values(), ids=UNLABELLED.keys())
+def test_ranges_of_an_unlabelled_file_are_not_combined_without_a_digest(
+    origin: Origin, tmp_path: Path, expected: dict[str, object], etag: str | None
+) -> None:
+    origin.add("/m", ARCHIVE, etag=etag, last_modified=None)
+    assert run_fetch(origin.url("/m"), "-o", tmp_path / "out", *PARALLEL) == 0
+    assert fetched_tree(tmp_path / "out") == expected
+    assert {r.range for r in origin.requests} <= {None, "bytes=0-0"}  # one stream after the probe
+    origin.clear_log()
+    # With a digest, a mix of two versions would be caught at the end: ranges are fine.
+    digest = sha256(ARCHIVE)
+    assert run_fetch(origin.url("/m"), "--sha256", digest, "-o", tmp_path / "o2", *PARALLEL) == 0
+    assert len({r.range for r in origin.requests} - {None, "bytes=0-0"}) > 1
+
+
+@pytest.mark.parametrize("etag", UNLABELLED.values(), ids=UNLABELLED.keys())
+def test_a_resume_of_an_unlabelled_file_replaced_since_the_kill_is_not_mixed(
+    tmp_path: Path, etag: str | None
+) -> None:
+    """Raw bytes: nothing in a mix of two versions would fail to decode, so only the rule that
+    an unlabelled file is not resumed without a digest keeps the old half out."""
+    old, new = random.Random(5).randbytes(3_000_000), random.Random(6).randbytes(3_000_000)
+    out = tmp_path / "out"
+    with Origin() as origin:
+        origin.add("/m", old, etag=etag, last_modified=None,
+                   faults=Faults(drip_bytes_per_s=2_000_000))  # fmt: skip
+        command = [sys.executable, "-m", "fetcher", origin.url("/m"), "-o", str(out),
+                   "--format", "none", "--checkpoint-interval", "0.1"]  # fmt: skip
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        state = out / WORK_DIR_NAME / CHECKPOINT_NAME
+        wait_until(lambda: (restore_position(state) or 0) > 1_000_000, what="a third fetched")
+        process.kill()
+        process.communicate()
+        origin.add("/m", new, etag=etag, last_modified=None)
+        final = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    assert "cannot be shown to be the same version" in final.stderr
+    assert (out / "m").read_bytes() == new
