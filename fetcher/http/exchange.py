@@ -42,23 +42,30 @@ class Identity:
         return self.etag is not None or self.last_modified is not None
 
     def same_file(self, other: Identity, *, compare_validators: bool) -> tuple[bool, str]:
-        if self.length is None or other.length is None:
-            return False, "the length is unknown"
-        if self.length != other.length:
-            return False, f"the length changed from {self.length} to {other.length}"
+        """Whether other (a later answer) is this file, and if not, why. Without a length on
+        either (chunked answers) only matching validators tell, or else the digest at the end
+        when there is one (compare_validators False)."""
+        why = self._difference(other, compare_validators=compare_validators)
+        return why is None, why or ""
+
+    def _difference(self, other: Identity, *, compare_validators: bool) -> str | None:
+        if self.length is not None and other.length is not None and self.length != other.length:
+            return f"the length changed from {self.length} to {other.length}"
         if not compare_validators:
-            return True, ""
+            return None
         if self.etag and other.etag:
-            if self.etag != other.etag:
-                return False, f"the ETag changed from {self.etag} to {other.etag}"
-        elif (
-            self.last_modified and other.last_modified and self.last_modified != other.last_modified
-        ):
+            same = self.etag == other.etag
+            return None if same else f"the ETag changed from {self.etag} to {other.etag}"
+        if self.last_modified and other.last_modified:
+            same = self.last_modified == other.last_modified
             return (
-                False,
-                f"Last-Modified changed from {self.last_modified} to {other.last_modified}",
+                None
+                if same
+                else f"Last-Modified changed from {self.last_modified} to {other.last_modified}"
             )
-        return True, ""
+        if self.length is None or other.length is None:
+            return "it gives no length on one answer and no validator that would tell"
+        return None
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ class Faults:
     ranges: bool = True
     """False: ignore ``Range`` and ``If-Range``, answer 200 with the full body, no
     ``Accept-Ranges``."""
+    chunked: bool = False
+    """Send the body with ``Transfer-Encoding: chunked`` and no ``Content-Length`` (a
+    dropped answer then lacks its last chunk)."""
     ranges_only_for_the_probe: bool = False
     """Answer ``bytes=0-0`` with a 206 and any other range with 200 and the full body, as
     some caches do for a one-byte range only."""
@@ -229,6 +232,7 @@ class _Plan:
     close: bool = False
     endless_zeros: bool = False
     trickle_head: float | None = None
+    chunked: bool = False
 
 
 class _Unsatisfiable:
@@ -442,12 +446,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return False
             n = allowed
-            self.wfile.write(body[pos : pos + n])
+            if plan.chunked:
+                self.wfile.write(b"%x\r\n" % n + body[pos : pos + n] + b"\r\n")
+            else:
+                self.wfile.write(body[pos : pos + n])
             pos += n
             origin._add_bytes(record, n)
             if plan.drip is not None and origin._stopping.wait(n / plan.drip):
                 self.close_connection = True
                 return False
+        if plan.chunked and plan.cut is None:
+            self.wfile.write(b"0\r\n\r\n")
         return True
 
     def _trickle_head(self, plan: _Plan) -> bool:
@@ -843,6 +852,11 @@ class Origin:
             self._plan_fault(f, plan, length)
         if f.endless_zeros:
             plan.endless_zeros = plan.close = True  # no length: the body ends when we close
+            record.fault = plan.fault
+            return plan
+        if f.chunked:
+            plan.chunked = True
+            headers.append(("Transfer-Encoding", "chunked"))
             record.fault = plan.fault
             return plan
         announced = length if plan.fault != "lie" else f.lie_content_length
