@@ -320,7 +320,9 @@ class ZstdDecoder:
     ) -> ZstdDecoder:
         decoder = cls(emit, on_boundary, restore_wanted)
         decoder._scanner = FrameScanner(
-            Continuation(point.header, point.frames, point.blocks, point.huffman, point.tables)
+            Continuation(
+                point.header, point.frames, point.blocks, point.huffman, point.tables, point.offsets
+            )
         )
         tables = tuple(
             table if table is not None else predefined(kind)

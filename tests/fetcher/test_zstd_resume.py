@@ -63,6 +63,7 @@ def _payload(seed: int, size: int) -> bytes:
 
 
 PAYLOAD = _payload(11, SIZE)
+INCOMPRESSIBLE = random.Random(12).randbytes(SIZE)
 
 # name -> how the archive is made from PAYLOAD (written to "payload" in a work directory)
 VARIANTS: dict[str, list[str]] = {
@@ -96,6 +97,10 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
             command, input=stdin, cwd=work, capture_output=True, check=True, timeout=120
         ).stdout
     made["two-frames"] = made["level-3"] + made["level-19"]
+    # Random bytes: zstd stores every block raw, and no sequence ever moves the repeat offsets.
+    made["incompressible"] = subprocess.run(
+        ["zstd", "-q", "-c", "-3"], input=INCOMPRESSIBLE, capture_output=True, check=True
+    ).stdout
     return made
 
 
@@ -155,7 +160,7 @@ def _decode(
     return bytes(out), points
 
 
-NAMES = [*VARIANTS, "two-frames"]
+NAMES = [*VARIANTS, "two-frames", "incompressible"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -203,6 +208,25 @@ def test_a_point_is_offered_a_block_or_two_after_it_is_wanted(
         assert points[0].output - _output_at(archive, asked) <= 5 * 128 * 1024
         rest, _ = _decode(archive, chunk=chunk, start=points[0].position, state=points[0].state)
         assert whole[: points[0].output] + rest == whole
+
+
+def test_a_frame_of_raw_blocks_offers_a_point_wherever_one_is_wanted(
+    archives: dict[str, bytes], outputs: dict[str, bytes]
+) -> None:
+    # With no sequence in the frame, the offsets it started with hold at every block end; a
+    # decoder that learned them only from sequences offered its first point and no other.
+    archive = archives["incompressible"]
+    assert outputs["incompressible"] == INCOMPRESSIBLE
+    chunk = 65_536
+    wanted = [len(archive) // 4, len(archive) // 2, 3 * len(archive) // 4]
+    _, points = _decode(archive, chunk=chunk, wanted_at=wanted)
+    offered = [point.position for point in points]
+    assert len(offered) == len(wanted), offered
+    for want, position in zip(wanted, offered, strict=True):
+        assert 0 <= position - want <= 3 * 128 * 1024, (want, position)
+    for point in points:
+        rest, _ = _decode(archive, chunk=chunk, start=point.position, state=point.state)
+        assert INCOMPRESSIBLE[: point.output] + rest == INCOMPRESSIBLE
 
 
 def _output_at(archive: bytes, position: int) -> int:

@@ -113,6 +113,7 @@ class Continuation:
     blocks: int
     huffman: bytes | None
     tables: Tables
+    offsets: Offsets | None = None  # the repeat offsets there, when known
 
 
 class FrameScanner:
@@ -138,6 +139,10 @@ class FrameScanner:
         self.tracked = True  # whether the tables and offsets are followed in this frame
         self.decoding = False  # whether whole blocks are read to follow the repeat offsets
         self.offsets: Offsets = FRAME_START
+        # Whether offsets still hold after the last block though decoding stopped: raw and
+        # RLE blocks, and compressed ones without sequences, leave the repeat offsets alone,
+        # so a frame of incompressible data keeps the ones it started with.
+        self._offsets_hold = True
         self._pending = bytearray()
         self._need = 4
         self._skip = 0
@@ -157,6 +162,8 @@ class FrameScanner:
             self.blocks = continuation.blocks
             self.huffman = continuation.huffman
             self._tables = list(continuation.tables)
+            self.offsets = continuation.offsets or UNKNOWN
+            self._offsets_hold = continuation.offsets is not None
             self._take(3, self._block_header)
 
     # --- what a restore point is made of ---------------------------------------------------
@@ -174,7 +181,10 @@ class FrameScanner:
         """Follow the repeat offsets from the next block on (call between blocks)."""
         if self.decoding or not self.tracked:
             return
-        self.offsets = FRAME_START if self.blocks == 0 else UNKNOWN
+        if self.blocks == 0:
+            self.offsets = FRAME_START
+        elif not self._offsets_hold:
+            self.offsets = UNKNOWN
         try:
             self.tables()
         except FormatError:
@@ -184,6 +194,7 @@ class FrameScanner:
 
     def stop_decoding(self) -> None:
         self.decoding = False
+        self._offsets_hold = known(self.offsets)
 
     @property
     def restorable(self) -> bool:
@@ -276,6 +287,7 @@ class FrameScanner:
         self.tracked = self._follow_tables
         self.decoding = False
         self.offsets = FRAME_START
+        self._offsets_hold = True
         self._take(3, self._block_header)
         return Event.HEADER
 
@@ -384,6 +396,7 @@ class FrameScanner:
         if pending[0] == 0:
             self._to_block_end()
             return None
+        self._offsets_hold = False  # sequences, not followed: the offsets may move
         if size > len(pending):
             self._untracked()
             return None
