@@ -68,7 +68,9 @@ def extract_once(archive: Path, out: Path, method: str, hashing: bool) -> dict[s
     from fetcher.stages.sinks import TarSink
     from fetcher.stages.tree import SafeTree
     from fetcher.stages.zstd_parallel import ParallelZstdDecoder
+    from fetcher.state.libc import keep_freed_memory
 
+    keep_freed_memory()  # as model-fetch's command line does first
     tree = SafeTree(out, max_bytes=1 << 50)
     sink = TarSink(tree)
     if method == "plain":

@@ -19,7 +19,7 @@ _M_MMAP_THRESHOLD = -3
 # Free memory a heap keeps instead of handing it back to the kernel, and the size from which a
 # block is mapped on its own (and unmapped when freed). See keep_freed_memory.
 KEPT_FREE_BYTES = 64 << 20
-MAPPED_FROM_BYTES = 4 << 20
+MAPPED_FROM_BYTES = 32 << 20  # the most glibc takes: buffers below it come from the heaps
 
 
 @functools.cache
@@ -61,9 +61,11 @@ def keep_freed_memory() -> bool:
     glibc trims the top of each thread's heap back to the kernel as soon as 128 KiB or so are
     free there, and maps large pieces on their own, so nearly every piece met fresh pages: a
     2 GiB pack archive on two decode threads took 460,000 page faults and a third of its system
-    time for them (docs/benchmarks.md). With a fixed threshold of 64 MiB kept free per heap
-    (which also turns off glibc's adjusting of both thresholds) the same fetch takes 26,000, for
-    about 12 MiB more peak RSS. True when applied; not on a C library without mallopt.
+    time for them (docs/benchmarks.md). With 64 MiB kept free per heap the same fetch takes
+    26,000, for about 12 MiB more peak RSS. Fixing one threshold stops glibc adjusting the
+    other, so blocks up to 32 MiB (the archive's reads, a pack frame's buffers) are taken from
+    the heaps explicitly, as the adjusting would have come to. True when applied; not on a C
+    library without mallopt.
     """
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
