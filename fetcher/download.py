@@ -163,13 +163,6 @@ def _source(
         if probed is not None and not probed.ranges:
             log.info("the origin does not honour Range requests: fetching over one connection")
         return single_stream()
-    if not probed.identity.validated and not request.sha256:
-        log.info(
-            "the origin labels the file with neither a strong ETag nor Last-Modified, so ranges "
-            "of it could come from two versions, and no --sha256 would tell: fetching over one "
-            "connection"
-        )
-        return single_stream()
     length = probed.identity.length
     if length > max_download(request.max_extracted):
         raise UnsafeArchive(
@@ -177,6 +170,13 @@ def _source(
             f"the source announces {length} bytes, more than --max-extracted-size allows for "
             "an archive",
         )
+    if not probed.identity.validated and not request.sha256:
+        log.info(
+            "the origin labels the file with neither a strong ETag nor Last-Modified, so ranges "
+            "of it could come from two versions, and no --sha256 would tell: fetching over one "
+            "connection"
+        )
+        return single_stream()
     chunk = min(request.chunk_size, max(request.max_disk_buffer // request.connections, 1 << 18))
     if chunk < request.chunk_size:
         log.info(
