@@ -138,11 +138,11 @@ class FrameScanner:
         self._tables: list[SequenceTable | _Defined | None] = [None, None, None]
         self.tracked = True  # whether the tables and offsets are followed in this frame
         self.decoding = False  # whether whole blocks are read to follow the repeat offsets
+        # The repeat offsets after the last block, also while not decoding: raw and RLE
+        # blocks, and compressed ones without sequences, leave them alone (a frame of
+        # incompressible data keeps the ones it started with); a block whose sequences are
+        # passed over makes them unknown.
         self.offsets: Offsets = FRAME_START
-        # Whether offsets still hold after the last block though decoding stopped: raw and
-        # RLE blocks, and compressed ones without sequences, leave the repeat offsets alone,
-        # so a frame of incompressible data keeps the ones it started with.
-        self._offsets_hold = True
         self._pending = bytearray()
         self._need = 4
         self._skip = 0
@@ -163,7 +163,6 @@ class FrameScanner:
             self.huffman = continuation.huffman
             self._tables = list(continuation.tables)
             self.offsets = continuation.offsets or UNKNOWN
-            self._offsets_hold = continuation.offsets is not None
             self._take(3, self._block_header)
 
     # --- what a restore point is made of ---------------------------------------------------
@@ -183,8 +182,6 @@ class FrameScanner:
             return
         if self.blocks == 0:
             self.offsets = FRAME_START
-        elif not self._offsets_hold:
-            self.offsets = UNKNOWN
         try:
             self.tables()
         except FormatError:
@@ -194,7 +191,6 @@ class FrameScanner:
 
     def stop_decoding(self) -> None:
         self.decoding = False
-        self._offsets_hold = known(self.offsets)
 
     @property
     def restorable(self) -> bool:
@@ -287,7 +283,6 @@ class FrameScanner:
         self.tracked = self._follow_tables
         self.decoding = False
         self.offsets = FRAME_START
-        self._offsets_hold = True
         self._take(3, self._block_header)
         return Event.HEADER
 
@@ -324,6 +319,7 @@ class FrameScanner:
     def _untracked(self) -> None:
         self.tracked = False
         self.decoding = False
+        self.offsets = UNKNOWN
         self._to_block_end()
 
     def _block_end_reached(self) -> Event | None:
@@ -396,7 +392,9 @@ class FrameScanner:
         if pending[0] == 0:
             self._to_block_end()
             return None
-        self._offsets_hold = False  # sequences, not followed: the offsets may move
+        # Sequences passed over (also when decoding was asked for while this block's header
+        # was being read): the offsets may have moved.
+        self.offsets = UNKNOWN
         if size > len(pending):
             self._untracked()
             return None
