@@ -407,6 +407,16 @@ def _sized(member: Member, size: int) -> bytes:
     return info.tobuf(tarfile.GNU_FORMAT)
 
 
+def _assert_extracted_as_gnu_tar_does(archive: bytes, tmp_path: Path) -> None:
+    """archive into tmp_path/root by the fetcher's stages and into tmp_path/tar by GNU tar:
+    the same tree."""
+    extract(archive, tmp_path / "root")
+    by_tar = tmp_path / "tar"
+    by_tar.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(by_tar)], input=archive, check=True)
+    assert tree_snapshot(tmp_path / "root") == tree_snapshot(by_tar)
+
+
 @pytest.mark.parametrize(
     "member",
     [_link("s", "a"), _link("h", "a", tarfile.LNKTYPE), _dir("d")],
@@ -423,21 +433,13 @@ def test_a_link_or_directory_that_declares_a_size_hides_nothing_that_tar_extract
         + hidden
         + build_tar(_file("x", b"X"), fmt=tarfile.GNU_FORMAT)
     )
-    extract(archive, tmp_path / "root")
-    by_tar = tmp_path / "tar"
-    by_tar.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(by_tar)], input=archive, check=True)
-    assert tree_snapshot(tmp_path / "root") == tree_snapshot(by_tar)
+    _assert_extracted_as_gnu_tar_does(archive, tmp_path)
     assert (tmp_path / "root/hidden").read_bytes() == b"HIDE!"
 
 
 def test_a_hard_link_to_itself_leaves_the_file_as_tar_does(tmp_path: Path) -> None:
     archive = build_tar(_file("d/a", b"data"), _link("d/a", "d/a", tarfile.LNKTYPE), _file("b"))
-    extract(archive, tmp_path / "root")
-    by_tar = tmp_path / "tar"
-    by_tar.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(by_tar)], input=archive, check=True)
-    assert tree_snapshot(tmp_path / "root") == tree_snapshot(by_tar)
+    _assert_extracted_as_gnu_tar_does(archive, tmp_path)
     assert (tmp_path / "root/d/a").read_bytes() == b"data"
 
 
