@@ -18,7 +18,7 @@ from fetcher.http.target import Target
 from fetcher.pipeline import Stats, StopRequest, run
 from fetcher.progress import Progress
 from fetcher.request import FetchRequest
-from fetcher.resume import discard_state
+from fetcher.resume import start_afresh
 from fetcher.sources import Source, SourceStats
 from fetcher.sources.growing import GrowingDownload
 from fetcher.sources.partfile import PartFile
@@ -57,21 +57,20 @@ def download(
                 target.shown, target.credentials,
                 f", region {target.region}" if target.region else "",
             )  # fmt: skip
-    if resume and not request.sha256 and not _resume_is_provable(resume):
+    if resume and not request.sha256 and not _identity_of(resume).validated:
         log.info(
             "the origin gave the file neither a strong ETag nor Last-Modified, so what earlier "
             "runs fetched cannot be shown to be the same version, and no --sha256 would tell: "
             "starting from byte 0"
         )
-        discard_state(request)
-        request.state_dir.mkdir(parents=True, exist_ok=True)
+        start_afresh(request)
         resume = None
     with _client(request, transport) as client:
         probed = (
             probe(targets, client, request.retry, stop.event) if request.connections > 1 else None
         )
         if resume and probed:
-            known = Identity(resume.length, resume.etag, resume.last_modified)
+            known = _identity_of(resume)
             # Another length is another file, whichever origin answered. So are other validators,
             # except a mirror's when a digest is given: its server may label the same bytes
             # differently, and the digest settles that at the end (as on failover).
@@ -79,8 +78,7 @@ def download(
             same, why = known.same_file(probed.identity, compare_validators=compare)
             if not same:
                 log.info("the source changed since the checkpoint (%s); starting over", why)
-                discard_state(request)
-                request.state_dir.mkdir(parents=True, exist_ok=True)
+                start_afresh(request)
                 resume = None
         checkpoint = resume or Checkpoint(request=request.identity())
         stages = Stages(
@@ -146,7 +144,7 @@ def _source(
     resumed = checkpoint.length is not None
 
     def single_stream() -> MirroredStream:
-        known = Identity(checkpoint.length, checkpoint.etag, checkpoint.last_modified)
+        known = _identity_of(checkpoint)
         return MirroredStream(
             targets,
             client,
@@ -220,8 +218,9 @@ def _source(
     )
 
 
-def _resume_is_provable(resume: Checkpoint) -> bool:
-    return Identity(resume.length, resume.etag, resume.last_modified).validated
+def _identity_of(checkpoint: Checkpoint) -> Identity:
+    """The file a checkpoint was taken of, as the origins' answers are compared with it."""
+    return Identity(checkpoint.length, checkpoint.etag, checkpoint.last_modified)
 
 
 def max_download(max_extracted: int) -> int:

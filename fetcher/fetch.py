@@ -19,7 +19,7 @@ from fetcher.errors import ChecksumMismatch, CorruptArchive, FetchError, UnsafeA
 from fetcher.pipeline import Stats, StopRequest
 from fetcher.progress import Progress
 from fetcher.request import FetchRequest
-from fetcher.resume import discard_state, usable_checkpoint
+from fetcher.resume import discard_state, start_afresh, usable_checkpoint
 from fetcher.sources import RangesIgnored, SourceChanged, SourceStats
 from fetcher.state.checkpoint import Checkpoint, StateError
 from fetcher.state.lock import DirectoryLock
@@ -240,8 +240,7 @@ def _download_resuming(
             "damaged checkpoint from a damaged archive",
             resume.position, error.line(),
         )  # fmt: skip
-    discard_state(request)
-    request.state_dir.mkdir(parents=True, exist_ok=True)
+    start_afresh(request)
     return _verified(
         request,
         download(

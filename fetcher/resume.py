@@ -11,6 +11,12 @@ from fetcher.state.files import remove_tree
 log = logging.getLogger("model-fetch")
 
 
+def start_afresh(request: FetchRequest) -> None:
+    """Remove all state, and make the state directory again for a run from byte 0."""
+    discard_state(request)
+    request.state_dir.mkdir(parents=True, exist_ok=True)
+
+
 def usable_checkpoint(request: FetchRequest) -> Checkpoint | None:
     """The checkpoint this request can carry on from; anything else is set aside, with why."""
     checkpoint, why = load_checkpoint(request.state_dir / CHECKPOINT_NAME)
