@@ -504,12 +504,11 @@ class ParallelDownload:
         """The least busy usable origin, or how long to wait for one to come back."""
         usable = [o for o in self._origins if o.gave_up is None]
         if not usable:
-            attempts = [o.gave_up or o.shown for o in self._origins]
             ignoring = [o.shown for o in self._origins if o.ignores_ranges]
             self._error = (
                 RangesIgnored(f"{ignoring[0]} answered a range with the whole file")
                 if ignoring
-                else unreachable(attempts)
+                else unreachable([o.gave_up or o.shown for o in self._origins])
             )
             self._wake_everyone()
             return 0.0

@@ -54,8 +54,7 @@ def apply_central_directory(
     entries read (names: their digest chain; seen and sizes: the names and byte counts of those
     this run read, the last ones), where they were read, then apply modes and symlinks."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(trailer))
-        listed = archive.infolist()
+        listed = zipfile.ZipFile(io.BytesIO(trailer)).infolist()
     except (zipfile.BadZipFile, ValueError, EOFError) as error:
         raise CorruptArchive(
             f"the zip's central directory is missing or damaged ({error})",

@@ -113,7 +113,7 @@ class Continuation:
     blocks: int
     huffman: bytes | None
     tables: Tables
-    offsets: Offsets | None = None  # the repeat offsets there, when known
+    offsets: Offsets  # the repeat offsets there
 
 
 class FrameScanner:
@@ -162,7 +162,7 @@ class FrameScanner:
             self.blocks = continuation.blocks
             self.huffman = continuation.huffman
             self._tables = list(continuation.tables)
-            self.offsets = continuation.offsets or UNKNOWN
+            self.offsets = continuation.offsets
             self._take(3, self._block_header)
 
     # --- what a restore point is made of ---------------------------------------------------
