@@ -33,12 +33,13 @@ def mutate_pod(obj: object, settings: Settings) -> Mutation:
     parsed = parse_models(annotations_of(pod), settings)
     if not parsed.models:
         return Mutation(patch=[], warnings=parsed.warnings)
-    if os_of(pod) not in (None, "linux"):
+    os_name = os_of(pod)
+    if os_name not in (None, "linux"):
         # The apiserver would refuse the fetch container's Linux security context on such a
         # pod, naming fields of a container its author never wrote.
         raise Refused(
             [
-                f"spec.os.name is {os_of(pod)!r}, but {_key(settings, parsed.models[0], 'source')} "
+                f"spec.os.name is {os_name!r}, but {_key(settings, parsed.models[0], 'source')} "
                 "asks for a model, whose fetch container runs on Linux only; expected a Linux "
                 "pod (spec.os.name linux or unset)"
             ]

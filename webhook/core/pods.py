@@ -47,8 +47,8 @@ def annotations_of(pod: Pod) -> dict[str, str]:
 
 def os_of(pod: Pod) -> str | None:
     """The pod's spec.os.name (linux or windows), None when it does not say."""
-    spec = cast(dict[str, Any], pod.get("spec", {}))
-    return cast(str, (spec.get("os") or {}).get("name")) if spec.get("os") else None
+    pod_os = cast(dict[str, Any], pod.get("spec", {})).get("os")
+    return cast(str, pod_os["name"]) if pod_os else None  # read_pod checked it is a string
 
 
 def containers_of(pod: Pod, field: str = "containers") -> list[Container]:

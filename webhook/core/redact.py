@@ -79,11 +79,12 @@ def redact(text: str) -> str:
     """
     if "@" not in text and "=" not in text:
         return text  # nothing a URL could hide a secret in
-    start = _STARTS_WITH_URL.match(text) or _STARTS_WITH_LOOSE_URL.match(text)
+    strict = _STARTS_WITH_URL.match(text)
+    start = strict or _STARTS_WITH_LOOSE_URL.match(text)
     if start:
         # A bare value: its userinfo ends at the last '@' before the path, spaces or not.
         scheme, rest = text[: start.end()], text[start.end() :]
-        end = _userinfo_end(rest, loose=not _STARTS_WITH_URL.match(text))
+        end = _userinfo_end(rest, loose=strict is None)
         if end:
             text = f"{scheme}{MASK}@{rest[end:]}"
     text = _URL.sub(_redact_urls, text)
