@@ -8,7 +8,6 @@ again; the log says exactly how much is.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -17,8 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from fetcher.commit import WORK_DIR_NAME
+from fetcher.state.checkpoint import CHECKPOINT_NAME
 from tests.support.archives import fetched_tree, py_archive, tree_snapshot, write_tree
+from tests.support.events import read_checkpoint
 from tests.support.origin import Origin
 
 TREE = {
@@ -36,15 +39,8 @@ def _command(url: str, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _checkpoint(out: Path) -> dict[str, object] | None:
-    try:
-        loaded: dict[str, object] = json.loads(
-            (out / ".model-fetch" / "checkpoint.json").read_text()
-        )
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    body: dict[str, object] = loaded["body"]  # type: ignore[assignment]
-    return body
+def _checkpoint(out: Path) -> dict[str, Any] | None:
+    return read_checkpoint(out / WORK_DIR_NAME / CHECKPOINT_NAME)
 
 
 def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_lost(
@@ -60,7 +56,7 @@ def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_
     checkpoint = None
     while time.monotonic() < deadline:
         checkpoint = _checkpoint(out)
-        if checkpoint and len(checkpoint["completed"]) >= 3:  # type: ignore[arg-type]
+        if checkpoint and len(checkpoint["completed"]) >= 3:
             break
         assert process.poll() is None, process.communicate()[1]
         time.sleep(0.05)
@@ -70,11 +66,11 @@ def test_a_restart_rewrites_no_complete_file_and_refetches_only_what_the_window_
     checkpoint = _checkpoint(out)  # the last one on disk
     assert checkpoint is not None
     assert checkpoint["restore"] is None, "a single stream offers no restorable point"
-    completed = [name for _, name, _ in checkpoint["completed"]]  # type: ignore[attr-defined]
+    completed = [name for _, name, _ in checkpoint["completed"]]
     assert len(completed) >= 3
     staged = out / ".model-fetch" / "tree"
     before = {name: os.stat(staged / name) for name in completed}
-    held = sum(end - start for start, end, _ in checkpoint["window"]["ranges"])  # type: ignore[index]
+    held = sum(end - start for start, end, _ in checkpoint["window"]["ranges"])
     assert held > 0
 
     origin.clear_log()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import json
 import logging
 import random
 import re
@@ -27,6 +26,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fetcher.commit import WORK_DIR_NAME
 from fetcher.errors import CorruptArchive
 from fetcher.stages.decode import ZstdDecoder, resume_zstd
 from fetcher.stages.midstream import MidState
@@ -36,8 +36,9 @@ from fetcher.stages.zstd.dictionary import dictionary, entropy_section
 from fetcher.stages.zstd.entropy import PLACEHOLDER_HUFFMAN, predefined
 from fetcher.stages.zstd.sequences import known
 from fetcher.stages.zstd.xxh64 import Xxh64
-from fetcher.state.checkpoint import StateError
+from fetcher.state.checkpoint import CHECKPOINT_NAME, StateError
 from tests.support.archives import fetched_tree, make_tree, tree_snapshot, write_tree
+from tests.support.events import read_checkpoint
 from tests.support.origin import Origin
 
 SIZE = 3_000_000
@@ -523,12 +524,7 @@ def test_repeat_offsets_followed_in_python_are_the_librarys(
 
 
 def _checkpoint_body(out: Path) -> dict[str, Any] | None:
-    try:
-        loaded: dict[str, Any] = json.loads((out / ".model-fetch" / "checkpoint.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    body: dict[str, Any] = loaded["body"]
-    return body
+    return read_checkpoint(out / WORK_DIR_NAME / CHECKPOINT_NAME)
 
 
 def _run_until_mid_frame_checkpoint(command: list[str], out: Path, after: int) -> dict[str, Any]:
